@@ -1,0 +1,5 @@
+"""``python -m minivl`` is the ``minivl`` command."""
+
+from minivl.cli import main
+
+raise SystemExit(main())
