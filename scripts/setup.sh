@@ -28,10 +28,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==$TORCH_VERSION"
   else
     echo "minivl: no GPU, installing a CPU build of torch==$TORCH_VERSION"
-    # 1) a local CPU wheel offered by pip's configuration (find-links), no network needed;
+    # 1) a local CPU wheel offered by pip's configuration (find-links): probe it without the
+    #    network (--no-index --no-deps), then let pip add torch's small dependencies;
     # 2) else the official CPU index.
-    "${PIP[@]}" install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    if "${PIP[@]}" install --quiet --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+      "${PIP[@]}" install "torch==$TORCH_VERSION"
+    else
+      "${PIP[@]}" install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
 fi
 
