@@ -25,6 +25,13 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from minivl.data.synthetic import synth_command
+
+    synth_command(args.out, scale=args.scale, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minivl",
@@ -42,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--scale", default=None, help="smoke | cpu | gpu (default: $MINIVL_SCALE or cpu)")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("data", help="data tools: generate the synthetic suite")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    q = data_sub.add_parser("synth", help="generate the offline synthetic multimodal suite")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--scale", default=None, help="smoke | cpu (default: $MINIVL_SCALE or cpu)")
+    q.add_argument("--seed", type=int, default=0, help="base seed; splits and tasks derive their own")
+    q.set_defaults(func=_cmd_data_synth)
 
     return parser
 
