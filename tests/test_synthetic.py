@@ -436,10 +436,17 @@ def test_text_only_answers(big):
 
 
 def ngram_repetition(text: str, n: int = 10) -> float:
-    """Share of distinct n-grams that occur more than once (InternVL's repetition check)."""
+    """InternVL's repetition ratio: distinct n-grams seen more than once / all n-grams."""
     words = text.split()
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    return sum(c > 1 for c in grams.values()) / len(grams) if grams else 0.0
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return sum(c > 1 for c in Counter(grams).values()) / len(grams) if grams else 0.0
+
+
+def duplicate_fraction(text: str, n: int = 10) -> float:
+    """Share of n-gram occurrences that repeat an earlier one."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def test_faulty_task_is_labelled_and_detectable(tmp_path):
@@ -457,7 +464,11 @@ def test_faulty_task_is_labelled_and_detectable(tmp_path):
             continue
         parse_record(r)  # every other record is structurally valid
         if fault == "repetition":
-            assert ngram_repetition(answer) > 0.4
+            # a 10-word loop repeated k times: 10 distinct repeated 10-grams among 10k - 9
+            k = len(answer.split()) // 10
+            assert 3 <= k <= 6 and len(answer.split()) == 10 * k
+            assert ngram_repetition(answer) == pytest.approx(10 / (10 * k - 9))
+            assert duplicate_fraction(answer) == pytest.approx(1 - 10 / (10 * k - 9)) and duplicate_fraction(answer) > 0.4
         elif fault is None:
             assert ngram_repetition(answer) <= 0.4 and answer
         elif fault == "empty":

@@ -5,8 +5,10 @@ and filters it out (LLM scoring, repetition detection, heuristic rules). This mo
 failure cases on purpose, always labelled with a top-level ``"fault"`` key (clean records have
 no such key):
 
-* ``repetition``: the answer is one 10-word sequence repeated 3-6 times (InternVL's n-gram
-  check, 10-grams with threshold 0.4, flags all of them);
+* ``repetition``: the answer is one 10-word sequence repeated 3-6 times. InternVL's n-gram
+  check (10-grams, ratio of distinct repeated 10-grams to all 10-grams above 0.4) flags only
+  the 3-copy loops (10/21); longer loops score 10/(10k-9) and slip through, which chapter 7
+  measures;
 * ``truncated``: a multi-word answer cut in the middle of a word;
 * ``garbage``: random characters instead of the answer;
 * ``empty``: an empty answer;
