@@ -16,6 +16,10 @@ qkv_bias                    True             False
 ==========================  ===============  ==================
 
 Explained in chapter 2 (``notebooks/02_internvit.ipynb``).
+
+:class:`MiniVLConfig` assembles a whole model: the ViT, a transformers LLM config (a plain
+dict) and the glue settings of the official ``InternVLChatConfig``. Its presets carry the
+shapes of the released InternVL 2.5 models (chapter 5, ``notebooks/05_assembling_minivl.ipynb``).
 """
 
 from __future__ import annotations
@@ -238,4 +242,224 @@ def internvit_6b(**overrides: Any) -> VisionConfig:
     return VisionConfig.internvit_6b(**overrides)
 
 
-__all__ = ["NORM_TYPES", "VisionConfig", "internvit_300m", "internvit_6b", "vision_tiny"]
+
+
+# ----- the whole model ---------------------------------------------------------------------------
+
+# The LLM configs below are written out from the public ``config.json`` files of the language
+# models InternVL 2.5 starts from, with the vocabulary grown by InternVL's 9 special tokens and
+# the embeddings untied (the official ``InternVLChatConfig`` forces ``tie_word_embeddings=False``).
+# InternLM2 is a Llama-architecture model with a fused ``wqkv``: minivl runs it as transformers'
+# Llama and converts the weights on load/save (see ``minivl/checkpoint.py``).
+
+
+def _qwen2_llm(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int) -> dict[str, Any]:
+    return {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "tie_word_embeddings": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": layers,
+    }
+
+
+def _internlm2_as_llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
+                        rope_scaling_factor: float | None = None) -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 1000000.0}
+    if rope_scaling_factor is not None:
+        rope = {"rope_type": "dynamic", "factor": rope_scaling_factor, "rope_theta": 1000000.0}
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 92553,  # 92544 + InternVL's 9 special tokens
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": rope,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
+
+
+@dataclass
+class MiniVLConfig:
+    """The assembled model: InternViT + ``mlp1`` + any transformers causal LM.
+
+    * ``vision``: the :class:`VisionConfig` of InternViT;
+    * ``llm``: a transformers config as a dict (``model_type`` required, e.g. ``"qwen2"`` or
+      ``"llama"``), built with ``AutoConfig.for_model``;
+    * ``downsample_ratio``, ``select_layer``, ``ps_version``, ``template``: as in the official
+      ``InternVLChatConfig`` (2.5 values: 0.5, -1, ``"v2"``, ``"internvl2_5"``);
+    * ``image_token_id``: the tokenizer id of ``<IMG_CONTEXT>`` (``None`` until a tokenizer
+      is chosen; the model refuses images without it);
+    * ``official_llm_architecture``: the LLM class name the official layout uses when it
+      differs from the transformers one (``"InternLM2ForCausalLM"`` for 2B/8B, whose LLM runs
+      as Llama here); ``None`` means the same.
+
+    Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+    """
+
+    vision: VisionConfig
+    llm: dict[str, Any]
+    downsample_ratio: float = 0.5
+    select_layer: int = -1
+    template: str = "internvl2_5"
+    image_token_id: int | None = None
+    ps_version: str = "v2"
+    official_llm_architecture: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if not isinstance(self.llm, dict) or "model_type" not in self.llm:
+            raise ValueError("MiniVLConfig.llm must be a transformers config dict with a 'model_type' key")
+        if self.ps_version not in ("v1", "v2"):
+            raise ValueError(f"MiniVLConfig.ps_version must be 'v1' or 'v2', got {self.ps_version!r}")
+        r = round(1 / self.downsample_ratio)
+        if self.vision.grid_size % r:
+            raise ValueError(
+                f"MiniVLConfig: the patch grid {self.vision.grid_size}x{self.vision.grid_size} is not divisible by "
+                f"{r} (downsample_ratio {self.downsample_ratio})"
+            )
+
+    # ----- derived sizes -------------------------------------------------------------------
+    @property
+    def num_image_token(self) -> int:
+        """LLM tokens per tile (256 for 448 px / patch 14 / ratio 0.5)."""
+        return int(self.vision.num_patches * self.downsample_ratio**2)
+
+    @property
+    def llm_hidden_size(self) -> int:
+        return int(self.llm["hidden_size"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.llm["vocab_size"])
+
+    # ----- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` of a minivl checkpoint (``model_type: "minivl"``)."""
+        return {
+            "model_type": "minivl",
+            "architectures": ["MiniVL"],
+            "vision": dataclasses.asdict(self.vision),
+            "llm": dict(self.llm),
+            "downsample_ratio": self.downsample_ratio,
+            "select_layer": self.select_layer,
+            "template": self.template,
+            "image_token_id": self.image_token_id,
+            "ps_version": self.ps_version,
+            "official_llm_architecture": self.official_llm_architecture,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MiniVLConfig:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` for another ``model_type``."""
+        if d.get("model_type") != "minivl":
+            raise ValueError(f"not a minivl config (model_type={d.get('model_type')!r})")
+        missing = [k for k in ("vision", "llm") if k not in d]
+        if missing:
+            raise ValueError(f"minivl config: missing keys {missing}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> MiniVLConfig:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    # ----- presets ---------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, vocab_size: int = 4096, image_token_id: int | None = None, **llm_overrides: Any) -> MiniVLConfig:
+        """The ``cpu``-scale model: ViT tiny (112 px, 128 wide x 4 layers, 16 tokens per tile) and a
+        Qwen2 LLM 256 wide x 4 layers (about 5M parameters with a 4096-token vocabulary).
+        Set ``vocab_size`` and ``image_token_id`` from the tokenizer.
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        llm = _qwen2_llm(256, 4, 4, 2, 704, vocab_size)
+        llm.update(bos_token_id=None, eos_token_id=None, max_position_embeddings=4096)
+        llm.update(llm_overrides)
+        return cls(vision=VisionConfig.tiny(), llm=llm, image_token_id=image_token_id)
+
+    @classmethod
+    def smoke(cls, vocab_size: int = 512, image_token_id: int | None = None, **llm_overrides: Any) -> MiniVLConfig:
+        """The ``smoke``-scale model for tests: ViT 32 wide x 2 layers (112 px), Qwen2 64 wide x 2 layers.
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        llm = _qwen2_llm(64, 2, 4, 2, 128, vocab_size)
+        llm.update(bos_token_id=None, eos_token_id=None, max_position_embeddings=2048)
+        llm.update(llm_overrides)
+        vision = VisionConfig.tiny(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=2)
+        return cls(vision=vision, llm=llm, image_token_id=image_token_id)
+
+    @classmethod
+    def internvl2_5_1b(cls) -> MiniVLConfig:
+        """InternVL2.5-1B: InternViT-300M + Qwen2.5-0.5B-Instruct (about 0.94B parameters).
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        return cls(vision=VisionConfig.internvit_300m(), llm=_qwen2_llm(896, 24, 14, 2, 4864, 151674),
+                   image_token_id=151667)
+
+    @classmethod
+    def internvl2_5_2b(cls) -> MiniVLConfig:
+        """InternVL2.5-2B: InternViT-300M + internlm2_5-1_8b-chat (about 2.2B parameters).
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        return cls(vision=VisionConfig.internvit_300m(), llm=_internlm2_as_llama(2048, 24, 16, 8, 8192),
+                   image_token_id=92546, official_llm_architecture="InternLM2ForCausalLM")
+
+    @classmethod
+    def internvl2_5_4b(cls) -> MiniVLConfig:
+        """InternVL2.5-4B: InternViT-300M + Qwen2.5-3B-Instruct (about 3.7B parameters).
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        return cls(vision=VisionConfig.internvit_300m(), llm=_qwen2_llm(2048, 36, 16, 2, 11008, 151674),
+                   image_token_id=151667)
+
+    @classmethod
+    def internvl2_5_8b(cls) -> MiniVLConfig:
+        """InternVL2.5-8B: InternViT-300M + internlm2_5-7b-chat (about 8.1B parameters).
+
+        Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
+        """
+        return cls(vision=VisionConfig.internvit_300m(),
+                   llm=_internlm2_as_llama(4096, 32, 32, 8, 14336, rope_scaling_factor=2.0),
+                   image_token_id=92546, official_llm_architecture="InternLM2ForCausalLM")
+
+    @classmethod
+    def preset(cls, name: str, **kwargs: Any) -> MiniVLConfig:
+        """A preset by name: ``smoke``, ``tiny``, ``internvl2_5_1b``, ``_2b``, ``_4b``, ``_8b``."""
+        if name not in PRESET_NAMES:
+            raise ValueError(f"unknown MiniVLConfig preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")
+        return getattr(cls, name)(**kwargs)
+
+
+PRESET_NAMES = ("smoke", "tiny", "internvl2_5_1b", "internvl2_5_2b", "internvl2_5_4b", "internvl2_5_8b")
+
+__all__ = ["MiniVLConfig", "NORM_TYPES", "PRESET_NAMES", "VisionConfig", "internvit_300m", "internvit_6b", "vision_tiny"]
