@@ -1,0 +1,150 @@
+"""A pretrained LLM for the cpu scale: a small Qwen2 warmed up on the suite's text.
+
+InternVL 2.5 starts from pretrained LLMs (Qwen2.5, InternLM2.5). Nothing pretrained is
+reachable offline at the size a CPU can train, so minivl pretrains its own stand-in: a
+Qwen2-architecture model of two sizes, ``S`` and ``L`` (the small and large LLMs of the
+progressive-scaling demo, chapter 11), trained for a few minutes with plain next-token
+prediction on every conversation of the synthetic suite, rendered with the chat template
+(images removed). It learns the template, the vocabulary and the answer formats, but cannot
+see: that is what the stages teach.
+
+:func:`warm_start_llm` caches the result under ``minivl.cache_dir("llm")`` so chapters reuse it.
+
+Explained in chapter 10 (notebooks/10_stage1_mlp_warmup.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minivl.text.template import get_template
+
+# width, layers, heads, kv heads, MLP width: S and L differ 4x in parameters.
+LLM_SIZES = {"S": (128, 2, 4, 2, 384), "L": (256, 4, 4, 2, 768)}
+
+
+def llm_config(size: str, vocab_size: int) -> dict[str, Any]:
+    """A Qwen2 config dict for the cpu-scale LLM of ``size`` ``"S"`` or ``"L"``."""
+    if size not in LLM_SIZES:
+        raise ValueError(f"unknown LLM size {size!r}; expected one of {sorted(LLM_SIZES)}")
+    hidden, layers, heads, kv, inter = LLM_SIZES[size]
+    return {
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": vocab_size,
+        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "tie_word_embeddings": True, "bos_token_id": None, "eos_token_id": None,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": layers,
+    }
+
+
+def render_conversations(conversations: Sequence[Sequence[dict[str, str]]], template: str = "internvl2_5") -> list[str]:
+    """Conversations (official record format) as chat-template text, image placeholders removed."""
+    tpl = get_template(template)
+    out = []
+    for conv in conversations:
+        system = conv[0]["value"] if conv and conv[0]["from"] == "system" else None
+        turns = [(t["from"], t["value"].replace("<image>\n", "").replace("<video>\n", "").replace("<image>", ""))
+                 for t in conv if t["from"] != "system"]
+        out.append(tpl.render(turns, system_message=system))
+    return out
+
+
+def token_stream(tokenizer: Any, texts: Sequence[str], seq_len: int) -> torch.Tensor:
+    """All texts tokenized end to end and cut into rows of ``seq_len`` tokens: (N, seq_len)."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"the corpus has {len(ids)} tokens, fewer than one row of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len)  # (n*seq_len,) -> (n, seq_len)
+
+
+def pretrain_llm(
+    model: nn.Module,
+    rows: torch.Tensor,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Next-token prediction on ``rows`` (N, L) for ``steps`` AdamW steps (cosine schedule).
+
+    Returns the loss per step.
+    """
+    from tqdm.auto import tqdm
+
+    from minivl.train.trainer import cosine_with_warmup
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, warmup, steps, 0.1))
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="LLM warm start", disable=not progress, dynamic_ncols=True):
+        batch = rows[torch.randint(len(rows), (batch_size,), generator=g)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def warm_start_llm(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    size: str = "S",
+    steps: int = 300,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the ``size`` LLM for ``tokenizer`` and pretrain it on ``conversations``.
+
+    With ``cache`` (a directory), a model saved there by an identical call is loaded instead of
+    trained. Returns ``(model, info)`` with the loss curve, parameter count and seconds.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    key = {"size": size, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr, "seed": seed,
+           "vocab_size": len(tokenizer), "num_conversations": len(conversations)}
+    if cache is not None:
+        cache = Path(cache)
+        info_path = cache / "warmstart.json"
+        if info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
+            model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+            return model.eval(), json.loads(info_path.read_text())
+    torch.manual_seed(seed)
+    cfg = dict(llm_config(size, len(tokenizer)))
+    model_type = cfg.pop("model_type")
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), attn_implementation="sdpa")
+    rows = token_stream(tokenizer, render_conversations(conversations), seq_len)
+    start = time.perf_counter()
+    losses = pretrain_llm(model, rows, steps, batch_size, lr, seed=seed, progress=progress)
+    info = {"key": key, "losses": losses, "seconds": time.perf_counter() - start,
+            "parameters": sum(p.numel() for p in model.parameters()), "tokens": int(rows.numel()),
+            "final_loss": float(sum(losses[-10:]) / min(10, len(losses))) if losses else math.nan}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(cache)
+        (cache / "warmstart.json").write_text(json.dumps(info))
+    return model, info

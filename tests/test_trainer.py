@@ -1,0 +1,133 @@
+"""The training loop: what each stage trains, exact resume, LoRA merge, DDP == one process."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minivl.config import MiniVLConfig
+from minivl.data.dataset import DataConfig, MixtureDataset, build_datasets, conversation_texts
+from minivl.data.packing import padded_collate_fn
+from minivl.data.synthetic import generate_suite
+from minivl.model import MiniVL
+from minivl.text.template import get_template
+from minivl.text.tokenizer import image_token_id, train_tokenizer
+from minivl.train.stages import get_stage
+from minivl.train.trainer import add_lora, latest_checkpoint, map_loader, merge_lora, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    meta = generate_suite(out, scale="smoke", seed=0)["meta"]["train"]
+    tok = train_tokenizer(conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50,
+                          vocab_size=800)
+    tok_dir = out / "tokenizer"
+    tok.save_pretrained(tok_dir)
+    cfg = DataConfig(image_size=112, num_image_token=16, max_dynamic_patch=2, max_length=1024,
+                     min_num_frame=2, max_num_frame=2)
+    data = MixtureDataset(build_datasets(meta, tok, cfg, names=["shape_qa", "caption", "chart", "text_only"]))
+    collate = functools.partial(padded_collate_fn, pad_token_id=tok.pad_token_id, loss_reduction="square")
+    return {"meta": meta, "tok": tok, "tok_dir": tok_dir, "data": data, "collate": collate}
+
+
+def new_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return MiniVL(MiniVLConfig.smoke(vocab_size=len(tok), image_token_id=image_token_id(tok)))
+
+
+@pytest.mark.parametrize("stage_name,changed", [
+    ("stage1", {"mlp1"}),
+    ("stage1_5", {"vision_model", "mlp1"}),
+    ("stage2", {"vision_model", "mlp1", "language_model"}),
+])
+def test_only_the_stage_towers_change(setup, stage_name, changed):
+    model = new_model(setup["tok"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = get_stage(stage_name, "tiny", max_steps=1, packing=False, batch_size=4, warmup_steps=1)
+    train(model, map_loader(setup["data"], 4, setup["collate"]), stage, progress=False)
+    moved = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == changed
+    # within a trained tower every weight matrix moved (no silently frozen sub-module)
+    for k, v in model.state_dict().items():
+        if k.split(".")[0] in changed and k.endswith("weight") and v.dim() == 2 and "embed" not in k:
+            assert not torch.equal(v, before[k]), k
+
+
+def test_resume_gives_the_same_curve(setup, tmp_path):
+    stage = get_stage("stage2", "tiny", max_steps=6, packing=False, batch_size=4, save_every=3,
+                      drop_path_rate=0.1, warmup_steps=2)
+    data, collate = setup["data"], setup["collate"]
+    full = train(new_model(setup["tok"]), map_loader(data, 4, collate, seed=1), stage,
+                 output_dir=tmp_path / "full", progress=False)
+    model_a = new_model(setup["tok"])
+    part = train(model_a, map_loader(data, 4, collate, seed=1), stage, output_dir=tmp_path / "cut",
+                 stop_after=4, progress=False)  # runs past the step-3 checkpoint, then stops
+    assert part.steps == 4 and latest_checkpoint(tmp_path / "cut").name == "checkpoint-3"
+    model_b = new_model(setup["tok"], seed=123)  # different init: everything must come from the checkpoint
+    resumed = train(model_b, map_loader(data, 4, collate, seed=1), stage, output_dir=tmp_path / "cut",
+                    progress=False)
+    assert resumed.steps == 6
+    assert resumed.losses == pytest.approx(full.losses, abs=1e-6)
+    assert len(resumed.losses) == 6
+    logged = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert len(logged) == 6  # the step-4 row of the interrupted run was replaced
+    resumed_state = {k: v for k, v in model_b.state_dict().items()}
+    full_model = new_model(setup["tok"])
+    train(full_model, map_loader(data, 4, collate, seed=1), stage, output_dir=tmp_path / "full", progress=False)
+    for k, v in full_model.state_dict().items():  # resumes from checkpoint-6: the finished run's weights
+        assert torch.allclose(v, resumed_state[k], atol=1e-6), k
+
+
+def test_lora_merge_keeps_logits(setup):
+    model = new_model(setup["tok"])
+    add_lora(model, get_stage("finetune_lora", "tiny").lora)
+    for name, p in model.language_model.named_parameters():  # give the adapters a non-zero update
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = setup["collate"]([setup["data"][i] for i in range(3)])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_flags")}
+    model.eval()
+    with torch.no_grad():
+        before = model(**inputs).logits
+        merged = merge_lora(model)
+        after = merged(**inputs).logits
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_lora_stage_trains_only_adapters(setup):
+    model = new_model(setup["tok"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = get_stage("finetune_lora", "tiny", max_steps=2, batch_size=4)
+    train(model, map_loader(setup["data"], 4, setup["collate"]), stage, progress=False)
+    after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()}
+    adapters = {k for k in after if "lora_" in k}
+    assert adapters and all(".lora_" in k for k in adapters)
+    for k, v in before.items():  # every original weight is untouched
+        assert torch.equal(after[k], v), k
+    assert any(not torch.allclose(after[k], torch.zeros_like(after[k])) for k in adapters if "lora_B" in k)
+
+
+def test_ddp_two_processes_equal_one(setup, tmp_path):
+    worker = Path(__file__).with_name("_ddp_train_worker.py")
+    args = [str(setup["meta"]), str(setup["tok_dir"])]
+    single = tmp_path / "single.pt"
+    subprocess.run([sys.executable, str(worker), *args, str(single), "4"], check=True, capture_output=True)
+    double = tmp_path / "double.pt"
+    # two CPU processes (gloo), each with half the batch: what `accelerate launch` starts on a CPU cluster
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(worker), *args, str(double), "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(single, weights_only=True), torch.load(double, weights_only=True)
+    assert (a["world"], b["world"]) == (1, 2)
+    for k, v in a["state"].items():
+        assert torch.allclose(v, b["state"][k], atol=1e-5), k
