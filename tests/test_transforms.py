@@ -231,6 +231,8 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     as_i = Image.fromarray(np.array([[-5, 32896, 70000]], dtype=np.int32), "I")
     assert as_i.mode == "I"
     assert np.asarray(to_rgb(as_i))[0, :, 1].tolist() == [0, 128, 255]
+    as_f = Image.fromarray(np.array([[-3.0, 100.4, 300.0]], dtype=np.float32))  # float: clipped to 0..255
+    assert np.asarray(load_image(as_f))[0, :, 0].tolist() == [0, 100, 255]
 
 
 def test_animated_gif_first_frame(tmp_path):

@@ -90,6 +90,8 @@ def to_rgb(image: Image.Image, name: str = "<image>") -> Image.Image:
             values = np.asarray(image).astype(np.int64)  # (H, W)
             values = (np.clip(values, 0, 65535) + 128) // 257  # round(v / 257) in integers
             return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+        if mode == "F":  # Pillow clips floats to 0..255 on the way to 8-bit grey
+            return image.convert("L").convert("RGB")
         return image.convert("RGB")
     except (ValueError, OSError) as err:
         raise ImageLoadError(name, f"cannot convert mode {mode!r} to RGB ({err})") from err
@@ -110,9 +112,9 @@ def load_image(path_or_file: ImageSource, max_pixels: int | None = None) -> Imag
     """
     name = _describe(path_or_file)
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if isinstance(path_or_file, Image.Image):
-        return _finish(path_or_file, name, limit)
     try:
+        if isinstance(path_or_file, Image.Image):
+            return _finish(path_or_file, name, limit)
         with warnings.catch_warnings():
             # the size check below reports this case as an error instead of a warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
