@@ -129,3 +129,13 @@ def test_chapter_map_reports_status():
     rows = chapter_map()
     assert [r["chapter"] for r in rows] == [f"{i:02d}" for i in range(16)]
     assert rows[0]["status"] == "written"
+
+
+def test_every_top_level_export_resolves():
+    import minivl
+
+    for name in minivl._EXPORTS:
+        assert getattr(minivl, name) is not None, name
+    assert minivl.dynamic_preprocess.__module__ == "minivl.vision.tiling"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        minivl.nope  # noqa: B018
