@@ -32,6 +32,14 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minivl.train.run import train_command
+
+    overrides = {"max_steps": args.max_steps} if args.max_steps else None
+    train_command(args.config, overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minivl",
@@ -49,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--scale", default=None, help="smoke | cpu | gpu (default: $MINIVL_SCALE or cpu)")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("train", help="train one stage from a YAML config (see configs/)")
+    p.add_argument("config", help="a run config, e.g. configs/tiny/stage2.yaml")
+    p.add_argument("--max-steps", type=int, default=None, help="override the stage's max_steps")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="data tools: generate the synthetic suite")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
