@@ -24,6 +24,7 @@ Explained in chapter 6 (notebooks/06_data.ipynb).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import zlib
@@ -74,6 +75,13 @@ class DataConfig:
     max_num_frame: int = 32
     system_message: str | None = None
     dummy_tile_for_text: bool = True
+
+
+@functools.lru_cache(maxsize=8)
+def _blank_tiles(n: int, size: int) -> torch.Tensor:
+    """Shared read-only dummy tiles (allocating and filling a fresh one per text sample is slow
+    when torch uses several threads); collation copies them."""
+    return torch.zeros((n, 3, size, size))
 
 
 class SupervisedDataset(Dataset):
@@ -153,7 +161,7 @@ class SupervisedDataset(Dataset):
             num_frames = len(frames)
         else:
             num_patches = []
-            pixel_values = torch.zeros((1 if cfg.dummy_tile_for_text else 0, 3, cfg.image_size, cfg.image_size))
+            pixel_values = _blank_tiles(1 if cfg.dummy_tile_for_text else 0, cfg.image_size)
         inputs = preprocess_internvl2_5(
             record.conversations, self.tokenizer, num_patches, num_image_token=cfg.num_image_token,
             num_frames=num_frames, system_message=cfg.system_message, max_length=cfg.max_length,
