@@ -67,46 +67,43 @@ def _section(title: str) -> float:
     return time.perf_counter()
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None,
-                   recipe: Recipe | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the pipeline at ``scale`` (default ``$MINIVL_SCALE`` or ``cpu``), writing under ``out``.
+@dataclass
+class Workspace:
+    """What the first steps produce and every later step uses (chapters 10-12 reuse it)."""
 
-    Returns a dict with the accuracy table per stage, the tiling comparison, the seconds each
-    step took and where the final model is.
-    """
-    import torch
+    out: Path
+    recipe: Recipe
+    train_meta: Path
+    test_meta: Path
+    tokenizer: Any
+    llm: Any
+    llm_info: dict[str, Any]
 
-    from minivl.config import MiniVLConfig, VisionConfig
-    from minivl.data.dataset import DataConfig, build_datasets, conversation_texts
-    from minivl.data.packing import PackedDataset, packed_collate_fn
+
+def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = None,
+            progress: bool = True) -> Workspace:
+    """Steps 1-3: the synthetic suite, the tokenizer and the LLM warm start, each reused from
+    ``out`` when an earlier run left it there."""
+    from minivl.data.dataset import conversation_texts
     from minivl.data.records import read_meta
     from minivl.data.synthetic import generate_suite
-    from minivl.model import MiniVL
     from minivl.text.template import get_template
     from minivl.text.tokenizer import image_token_id, load_tokenizer, train_tokenizer
-    from minivl.train.attention import enable_packed_attention
-    from minivl.train.stages import get_stage
-    from minivl.train.trainer import packed_loader, train
-    from minivl.train.warmstart import llm_config, warm_start_llm
+    from minivl.train.warmstart import warm_start_llm
 
     scale = get_scale(scale)
     recipe = recipe or RECIPES[scale]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"minivl quickstart: scale={scale}, out={out}")
-    print_environment(scale)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
 
-    t = _section("1. synthetic suite")
+    _section("1. synthetic suite")
     data_dir = out / "data"
     if not (data_dir / "test.json").exists():
         generate_suite(data_dir, scale="smoke" if scale == "smoke" else "cpu", seed=recipe.seed)
     train_meta, test_meta = data_dir / "train.json", data_dir / "test.json"
     print(f"train: {sum(m.length or 0 for m in read_meta(train_meta).values())} records in {data_dir}")
-    seconds["data"] = time.perf_counter() - t
 
-    t = _section("2. tokenizer")
+    _section("2. tokenizer")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         # the system prompt is repeated so BPE merges it into a few tokens
@@ -114,44 +111,88 @@ def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None
         train_tokenizer(corpus, vocab_size=recipe.vocab_size).save_pretrained(tok_dir)
     tok = load_tokenizer(tok_dir)
     print(f"vocabulary {len(tok)}, <IMG_CONTEXT> id {image_token_id(tok)}")
-    seconds["tokenizer"] = time.perf_counter() - t
 
-    t = _section(f"3. LLM warm start (size {recipe.llm_size})")
+    _section(f"3. LLM warm start (size {recipe.llm_size})")
     conversations = [r.conversations for m in read_meta(train_meta).values() for r in m.read_records(strict=False)[0]]
     llm, info = warm_start_llm(tok, conversations, recipe.llm_size, steps=recipe.warm_steps, seed=recipe.seed,
-                               cache=out / "llm", progress=progress)
+                               cache=out / f"llm_{recipe.llm_size}", progress=progress)
     print(f"{info['parameters']:,} parameters, final loss {info['final_loss']:.3f}")
-    seconds["warm_start"] = time.perf_counter() - t
+    return Workspace(out, recipe, train_meta, test_meta, tok, llm, info)
 
-    t = _section("4. MiniVL")
-    torch.manual_seed(recipe.seed)
-    vision = VisionConfig.tiny(hidden_size=recipe.vision_width, num_hidden_layers=recipe.vision_layers,
-                               num_attention_heads=4, intermediate_size=4 * recipe.vision_width)
-    config = MiniVLConfig(vision=vision, llm=llm_config(recipe.llm_size, len(tok)), image_token_id=image_token_id(tok))
+
+def build_model(ws: Workspace, language_model: Any = None):
+    """Step 4: MiniVL = the recipe's InternViT + a fresh projector + the warm-started LLM."""
+    import torch
+
+    from minivl.config import MiniVLConfig, VisionConfig
+    from minivl.model import MiniVL
+    from minivl.text.tokenizer import image_token_id
+    from minivl.train.attention import enable_packed_attention
+    from minivl.train.warmstart import llm_config
+
+    r = ws.recipe
+    torch.manual_seed(r.seed)
+    vision = VisionConfig.tiny(hidden_size=r.vision_width, num_hidden_layers=r.vision_layers,
+                               num_attention_heads=4, intermediate_size=4 * r.vision_width)
+    llm = language_model if language_model is not None else ws.llm
+    size = "L" if llm.config.hidden_size == llm_config("L", 1)["hidden_size"] else "S"
+    config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer)),
+                          image_token_id=image_token_id(ws.tokenizer))
     model = MiniVL(config, language_model=llm)
     enable_packed_attention(model.language_model)
-    summary = model.trainable_parameter_summary()
-    print(", ".join(f"{k} {v['total']:,}" for k, v in summary.items()))
-    data_cfg = DataConfig(image_size=vision.image_size, num_image_token=config.num_image_token,
-                          max_dynamic_patch=recipe.max_dynamic_patch, max_length=recipe.max_packed_tokens,
+    return model
+
+
+def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress: bool = True,
+                output_dir: str | Path | None = None):
+    """Step 5, one stage: packed rows of the whole training mixture, square-averaged loss."""
+    from minivl.data.dataset import DataConfig, build_datasets
+    from minivl.data.packing import PackedDataset, packed_collate_fn
+    from minivl.train.stages import get_stage
+    from minivl.train.trainer import packed_loader, train
+
+    r, tok = ws.recipe, ws.tokenizer
+    data_cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
+                          max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
                           min_num_frame=4, max_num_frame=8)
-    special = dict(img_start_token_id=tok.convert_tokens_to_ids("<img>"),
-                   img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
+    datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed)
+    packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
+                           seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
+                           img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
+    stage = get_stage(name, "tiny", max_steps=steps, lr=lr, seed=r.seed, max_packed_tokens=r.max_packed_tokens,
+                      num_images_expected=r.num_images_expected)
+    return train(model, packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction="square")),
+                 stage, output_dir=output_dir, resume=False, progress=progress)
+
+
+def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None,
+                   recipe: Recipe | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the pipeline at ``scale`` (default ``$MINIVL_SCALE`` or ``cpu``), writing under ``out``.
+
+    Returns a dict with the accuracy table per stage, the tiling comparison, the seconds each
+    step took and where the final model is.
+    """
+    scale = get_scale(scale)
+    recipe = recipe or RECIPES[scale]
+    out = Path(out)
+    print(f"minivl quickstart: scale={scale}, out={out}")
+    print_environment(scale)
+    start = time.perf_counter()
+    ws = prepare(out, scale, recipe, progress)
+    seconds: dict[str, float] = {"prepare": time.perf_counter() - start}
+
+    t = _section("4. MiniVL")
+    model = build_model(ws)
+    print(", ".join(f"{k} {v['total']:,}" for k, v in model.trainable_parameter_summary().items()))
     seconds["model"] = time.perf_counter() - t
 
     table: dict[str, dict[str, float]] = {}
     histories: dict[str, list[dict]] = {}
-    evaluate = functools.partial(evaluate_suite, tokenizer=tok, meta=test_meta, per_task=recipe.eval_per_task,
-                                 progress=progress)
+    evaluate = functools.partial(evaluate_suite, tokenizer=ws.tokenizer, meta=ws.test_meta,
+                                 per_task=recipe.eval_per_task, progress=progress)
     for name, steps, lr in recipe.stages:
         t = _section(f"5. {name}: {steps} steps, lr {lr:g}")
-        datasets = build_datasets(train_meta, tok, data_cfg, seed=recipe.seed)
-        packed = PackedDataset(datasets, max_packed_tokens=recipe.max_packed_tokens,
-                               num_images_expected=recipe.num_images_expected, seed=recipe.seed, **special)
-        stage = get_stage(name, "tiny", max_steps=steps, lr=lr, seed=recipe.seed,
-                          max_packed_tokens=recipe.max_packed_tokens, num_images_expected=recipe.num_images_expected)
-        result = train(model, packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction="square")),
-                       stage, output_dir=out / name, resume=False, progress=progress)
+        result = train_stage(ws, model, name, steps, lr, progress=progress, output_dir=out / name)
         histories[name] = result.history
         seconds[name] = time.perf_counter() - t
         t = time.perf_counter()
@@ -160,14 +201,13 @@ def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None
         print(format_table({name: table[name]}))
 
     t = _section("6. dynamic tiling versus one tile (small_text)")
-    tiling = {f"max_num={n}": evaluate(model, tasks=["small_text"], max_num=n)["small_text"]
-              for n in (1, 16)}
+    tiling = {f"max_num={n}": evaluate(model, tasks=["small_text"], max_num=n)["small_text"] for n in (1, 16)}
     print("  ".join(f"{k}: {v:.1%}" for k, v in tiling.items()))
     seconds["tiling"] = time.perf_counter() - t
 
-    t = _section("7. save")
+    _section("7. save")
     final = out / "final"
-    model.save_pretrained(final, tokenizer=tok)
+    model.save_pretrained(final, tokenizer=ws.tokenizer)
     results = {"scale": scale, "recipe": asdict(recipe), "accuracy": table, "tiling": tiling, "seconds": seconds,
                "final_model": str(final)}
     results["seconds"]["total"] = time.perf_counter() - start
@@ -177,7 +217,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None
     print(format_table(table))
     print(f"\nsmall_text: one tile {tiling['max_num=1']:.1%}, dynamic tiling {tiling['max_num=16']:.1%}")
     print(f"total {results['seconds']['total'] / 60:.1f} min; model in {final}")
-    print(f'try: minivl chat --model {final} --image {data_dir}/images/test/shape_qa/000000.png "How many shapes are there?"')
+    image = out / "data" / "images" / "test" / "shape_qa" / "000000.png"
+    print(f'try: minivl chat --model {final} --image {image} "How many shapes are there?"')
     return results
 
 
