@@ -1,0 +1,157 @@
+"""Scoring a model on the synthetic suite's held-out split, one metric per task.
+
+| task | metric |
+|---|---|
+| ``shape_qa``, ``small_text``, ``multi_image``, ``video`` | exact match (normalised) |
+| ``chart`` | ChartQA relaxed accuracy (numbers within 5 %) |
+| ``grounding`` | IoU >= 0.5 of the first ``[[x1, y1, x2, y2]]`` (0-1000) with the gold box |
+| ``reasoning`` | multiple-choice accuracy after answer extraction (``\\boxed{}``, ``Answer:``, letter) |
+
+``caption`` (many right answers), ``text_only`` and ``faulty`` are not scored. Unparseable
+answers (no box, no option letter) count as wrong and are reported per task.
+
+Explained in chapter 15 (notebooks/15_evaluation_and_test_time_scaling.ipynb).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minivl.data.records import Record, read_meta
+from minivl.eval.extract import extract_choice
+from minivl.eval.metrics import box_iou, exact_match, parse_box, relaxed_correctness
+
+SCORED_TASKS = ("shape_qa", "small_text", "chart", "grounding", "multi_image", "video", "reasoning")
+METRIC = {"shape_qa": "exact", "small_text": "exact", "multi_image": "exact", "video": "exact",
+          "chart": "relaxed", "grounding": "iou@0.5", "reasoning": "choice"}
+_FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class TaskScore:
+    """One task's result: mean score, counts and a few (prediction, answer) examples."""
+
+    task: str
+    metric: str
+    score: float
+    n: int
+    unparseable: int = 0
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+
+def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
+    """(score in [0, 1], parseable) of one response to one record of ``task``."""
+    gold = record.conversations[-1]["value"]
+    meta = record.extra.get("meta", {})
+    if METRIC[task] == "exact":
+        return exact_match(response, gold), True
+    if METRIC[task] == "relaxed":
+        return relaxed_correctness(response, gold), True
+    if METRIC[task] == "iou@0.5":
+        width, height = meta["width"], meta["height"]
+        box = parse_box(response, width, height)
+        gold_box = parse_box(gold, width, height)
+        return (float(box_iou(box, gold_box) >= 0.5) if box is not None else 0.0), box is not None
+    letters = "ABCDEFGH"[: len(meta["options"])]
+    choice = extract_choice(response, dict(zip(letters, meta["options"]))).answer
+    return float(choice == meta["answer_letter"]), choice is not None
+
+
+def _question(record: Record, num_frames: int) -> str:
+    from minivl.text.prompt import video_frame_prefix
+
+    question = record.conversations[0]["value"] if record.system is None else record.conversations[1]["value"]
+    if record.kind == "video":
+        question = question.replace("<video>", video_frame_prefix(num_frames), 1)
+    return question
+
+
+def _pixels(record: Record, meta, image_size: int, max_num: int | None):
+    from minivl.vision.tiling import get_frame_indices
+    from minivl.vision.transforms import load_image_tiles, load_video_tiles
+
+    budget = max_num or meta.max_dynamic_patch or 6
+    if record.kind == "video":
+        folder = meta.image_path(record.video)
+        frames = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _FRAME_SUFFIXES)
+        frames = [frames[i] for i in get_frame_indices(len(frames), len(frames), sample="middle")]
+        return load_video_tiles(frames, image_size=image_size)
+    paths = [meta.image_path(p) for p in record.images]
+    return load_image_tiles(paths if record.kind == "multi_image" else paths[0], image_size=image_size, max_num=budget)
+
+
+def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | None = None,
+                   per_task: int | None = None, max_num: int | None = None, batch_size: int = 16,
+                   max_new_tokens: int = 96, progress: bool = False, details: bool = False) -> dict[str, Any]:
+    """Greedy answers of ``model`` on the first ``per_task`` records of each task of ``meta``.
+
+    ``max_num`` overrides every task's tile budget (e.g. 1 to see what dynamic tiling buys).
+    Returns ``{task: score, ..., "all": mean}``, or with ``details`` the :class:`TaskScore` of
+    each task under ``"tasks"`` as well.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    metas = read_meta(meta)
+    tasks = list(tasks or [t for t in SCORED_TASKS if t in metas])
+    unknown = [t for t in tasks if t not in METRIC or t not in metas]
+    if unknown:
+        raise KeyError(f"cannot score tasks {unknown}; scored tasks present: {[t for t in SCORED_TASKS if t in metas]}")
+    was_training = model.training
+    model.eval()
+    image_size = model.config.vision.image_size
+    results: dict[str, TaskScore] = {}
+    for task in tasks:
+        m = metas[task]
+        records = m.read_records(strict=False)[0][: per_task or None]
+        total, unparseable, examples = 0.0, 0, []
+        for start in tqdm(range(0, len(records), batch_size), desc=f"eval {task}", disable=not progress):
+            chunk = records[start:start + batch_size]
+            pixels, patches, counts, questions = [], [], [], []
+            for r in chunk:
+                pv, n = _pixels(r, m, image_size, max_num)
+                pixels.append(pv)
+                patches += n
+                counts.append(len(n))
+                questions.append(_question(r, pv.shape[0]))
+            with torch.no_grad():
+                answers = model.batch_chat(tokenizer, torch.cat(pixels), questions,
+                                           {"max_new_tokens": max_new_tokens, "do_sample": False},
+                                           num_patches_list=patches, image_counts=counts)
+            for r, a in zip(chunk, answers):
+                s, ok = score_answer(task, a, r)
+                total += s
+                unparseable += not ok
+                if len(examples) < 3:
+                    examples.append((a, r.conversations[-1]["value"]))
+        results[task] = TaskScore(task, METRIC[task], total / max(1, len(records)), len(records), unparseable, examples)
+    model.train(was_training)
+    out: dict[str, Any] = {t: r.score for t, r in results.items()}
+    out["all"] = sum(r.score for r in results.values()) / len(results)
+    if details:
+        out["tasks"] = results
+    return out
+
+
+def majority_baseline(meta: str | Path, tasks: Sequence[str] | None = None) -> dict[str, float]:
+    """The score of always giving each task's most common training answer (exact-match tasks)."""
+    from collections import Counter
+
+    metas = read_meta(meta)
+    out = {}
+    for task in tasks or [t for t in SCORED_TASKS if t in metas and METRIC[t] == "exact"]:
+        answers = Counter(r.conversations[-1]["value"] for r in metas[task].read_records(strict=False)[0])
+        out[task] = answers.most_common(1)[0][1] / sum(answers.values())
+    return out
+
+
+def by_task(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """Records grouped by the task prefix of their id (``shape_qa-test-000001`` -> ``shape_qa``)."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[str(r.id).split("-")[0]].append(r)
+    return dict(groups)

@@ -1,0 +1,82 @@
+"""Scoring on the synthetic suite: each metric on hand-made answers, and the whole loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from minivl.data.records import parse_record
+from minivl.eval.suite import evaluate_suite, majority_baseline, score_answer
+
+
+def rec(answer, meta=None, kind_image=True):
+    obj = {"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                {"from": "gpt", "value": answer}]}
+    if meta is not None:
+        obj["meta"] = meta
+    return parse_record(obj)
+
+
+def test_exact_relaxed_iou_and_choice():
+    assert score_answer("shape_qa", " Red. ", rec("red")) == (1.0, True)
+    assert score_answer("shape_qa", "blue", rec("red")) == (0.0, True)
+    assert score_answer("chart", "10.4", rec("10")) == (1.0, True)  # within 5 %
+    assert score_answer("chart", "10.6", rec("10")) == (0.0, True)
+    g = rec("<ref>the circle</ref><box>[[0, 0, 500, 500]]</box>", {"width": 100, "height": 200})
+    # gold box (0, 0, 50, 100) px; prediction (0, 0, 50, 50) px: IoU 0.5 -> a hit
+    assert score_answer("grounding", "[[0, 0, 500, 250]]", g) == (1.0, True)
+    # (0, 0, 40, 50): IoU 2000 / 5000 = 0.4 -> a miss
+    assert score_answer("grounding", "<box>[[0, 0, 400, 250]]</box>", g) == (0.0, True)
+    assert score_answer("grounding", "no idea", g) == (0.0, False)
+    mc = rec("Answer: \\boxed{B}", {"options": ["1", "2", "0", "4"], "answer_letter": "B"})
+    assert score_answer("reasoning", "so...\nAnswer: \\boxed{B}", mc) == (1.0, True)
+    assert score_answer("reasoning", "C", mc) == (0.0, True)
+    assert score_answer("reasoning", "I am not sure", mc) == (0.0, False)
+
+
+class Oracle:
+    """Stands in for a model: answers every batch_chat question with the gold answer, except
+    one wrong answer per batch."""
+
+    def __init__(self, records_by_question):
+        self.gold = records_by_question
+        self.training = False
+        self.config = type("C", (), {"vision": type("V", (), {"image_size": 112})()})()
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list, image_counts):
+        assert sum(num_patches_list) == pixel_values.shape[0] and len(image_counts) == len(questions)
+        answers = [self.gold[q] for q in questions]
+        answers[0] = "wrong"
+        return answers
+
+
+def test_evaluate_suite_counts_every_record(tmp_path):
+    from minivl.data.records import read_meta
+    from minivl.data.synthetic import generate_suite
+
+    meta = generate_suite(tmp_path, scale="smoke", seed=0)["meta"]["test"]
+    gold = {}
+    for task in ("shape_qa", "video", "multi_image"):
+        for r in read_meta(meta)[task].read_records()[0]:
+            q = r.conversations[0]["value"]
+            if r.kind == "video":
+                from minivl.text.prompt import video_frame_prefix
+
+                frames = len(r.extra["meta"]["boxes"])
+                q = q.replace("<video>", video_frame_prefix(frames), 1)
+            gold[q] = r.conversations[-1]["value"]
+    out = evaluate_suite(Oracle(gold), None, meta, tasks=["shape_qa", "video", "multi_image"], batch_size=2,
+                         details=True)
+    # smoke test splits hold 2 records per task; batches of 2 -> one wrong answer per task
+    for task in ("shape_qa", "video", "multi_image"):
+        assert out["tasks"][task].n == 2 and out[task] == pytest.approx(0.5)
+    assert out["all"] == pytest.approx(0.5)
+    with pytest.raises(KeyError, match="cannot score tasks \\['caption'\\]"):
+        evaluate_suite(Oracle(gold), None, meta, tasks=["caption"])
+    base = majority_baseline(meta, tasks=["shape_qa"])
+    assert 0 < base["shape_qa"] <= 1
