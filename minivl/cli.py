@@ -40,6 +40,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from minivl.chat import chat_command
+
+    chat_command(args.model, args.image or [], args.question, max_num=args.max_num,
+                 max_new_tokens=args.max_new_tokens, stream=not args.no_stream, draw=args.draw)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from minivl.chat import eval_command
+
+    if args.bench != "synthetic":
+        raise SystemExit(f"minivl eval: unknown benchmark {args.bench!r} (available: synthetic)")
+    eval_command(args.model, args.meta, tasks=args.task or None, per_task=args.per_task, max_num=args.max_num,
+                 out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minivl",
@@ -62,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a run config, e.g. configs/tiny/stage2.yaml")
     p.add_argument("--max-steps", type=int, default=None, help="override the stage's max_steps")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("chat", help="ask a trained model about images (streams the answer)")
+    p.add_argument("question", nargs="?", default=None, help="the question; omit it to read one turn per line")
+    p.add_argument("--model", required=True, help="checkpoint directory (minivl, official or transformers layout)")
+    p.add_argument("--image", action="append", help="an image file (repeat for several: Image-1, Image-2, ...)")
+    p.add_argument("--max-num", type=int, default=12, help="tile budget (default 12)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--no-stream", action="store_true", help="print the answer at the end instead of streaming")
+    p.add_argument("--draw", default=None, help="save the first image with the answer's boxes drawn to this file")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("eval", help="score a model on a benchmark and write a results table")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--bench", default="synthetic", help="benchmark (synthetic: the suite's held-out split)")
+    p.add_argument("--meta", required=True, help="meta JSON of the split to score (e.g. runs/quickstart/data/test.json)")
+    p.add_argument("--task", action="append", help="only this task (repeatable)")
+    p.add_argument("--per-task", type=int, default=None, help="at most this many records per task")
+    p.add_argument("--max-num", type=int, default=None, help="override every task's tile budget")
+    p.add_argument("--out", default=None, help="directory for results.json and results.md")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="data tools: generate the synthetic suite")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
