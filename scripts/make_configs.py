@@ -40,7 +40,10 @@ def main() -> None:
             if ckpt is not None:
                 header += ("# Multi-GPU: accelerate launch --config_file configs/accelerate/zero1.yaml "
                            "-m minivl train <this file>\n")
-            body = {"model": model, "data": data, "output_dir": f"runs/{d}/{st}", "stage": cfg.to_dict()}
+            body = {"model": model, "data": data, "output_dir": f"runs/{d}/{st}"}
+            if ckpt is None and st == "stage1":  # a preset model needs a tokenizer: the quickstart's
+                body["tokenizer"] = "runs/quickstart/tokenizer"
+            body["stage"] = cfg.to_dict()
             (ROOT / "configs" / d / f"{st}.yaml").write_text(header + yaml.safe_dump(body, sort_keys=False))
 
 

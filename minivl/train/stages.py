@@ -137,7 +137,7 @@ _WEIGHT_DECAY = {"tiny": 0.01, "1b": 0.01, "2b": 0.01, "4b": 0.01, "8b": 0.05}
 _STAGE2_STEPS = {"1b": 22000, "2b": 22000, "4b": 11000, "8b": 5500}
 
 # The cpu-scale budget: short stages on 2 cores, small packs of 112 px tiles.
-_TINY = dict(max_dynamic_patch=6, max_seq_length=512, max_packed_tokens=1024, num_images_expected=24,
+_TINY = dict(max_dynamic_patch=6, max_seq_length=1024, max_packed_tokens=1024, num_images_expected=24,
              max_buffer_size=20, mixed_precision="no", gradient_checkpointing=False, batch_size=1,
              grad_accum=1, log_every=10)
 
