@@ -269,13 +269,12 @@ class MiniVL(nn.Module):
 
         Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
         """
-        from minivl.text.tokenizer import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
+        from minivl.text.prompt import image_span
 
         for num_patches in num_patches_list:
             if "<image>" not in query:
                 raise ValueError(f"chat: {len(num_patches_list)} images but fewer '<image>' placeholders in the prompt")
-            block = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * (self.num_image_token * num_patches) + IMG_END_TOKEN
-            query = query.replace("<image>", block, 1)
+            query = query.replace("<image>", image_span(self.num_image_token * num_patches), 1)
         return query
 
     def build_chat_prompt(self, question: str, history: Sequence[tuple[str, str]] | None = None,
