@@ -13,19 +13,17 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import weakref
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from minivl.config import MiniVLConfig, VisionConfig
 from minivl.model import MiniVL, build_language_model, count_parameters
+from minivl.train.measure import LiveTensors, saved_bytes, storage_keys
+from minivl.train.measure import storage_key as _storage_key
 from minivl.train.planner import (
     GB,
     activation_bytes,
@@ -51,65 +49,12 @@ ACT_TOLERANCE = 0.10  # activation estimates are within 10 % of the measured byt
 
 
 # ----------------------------------------------------------------------------------------
-# measuring helpers
+# measuring helpers (minivl.train.measure; chapter 13 uses the same ones)
 # ----------------------------------------------------------------------------------------
 
 
-def _storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-def saved_bytes(fn, exclude: set[int]):
-    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
-    seen, total = set(exclude), [0]
-
-    def pack(t):
-        key = _storage_key(t)
-        if key not in seen and key != 0:
-            seen.add(key)
-            total[0] += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out
-
-
-class LiveTensors(TorchDispatchMode):
-    """Remember every tensor an op creates; :meth:`live_bytes` sums the storages still alive.
-
-    After a forward pass these are exactly the activations kept for backward (whoever keeps
-    them: autograd's saved tensors or a checkpoint's stored inputs) plus the outputs.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: list[weakref.ref] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.refs.append(weakref.ref(t))
-        return out
-
-    def live_bytes(self, exclude: set[int]) -> int:
-        gc.collect()
-        seen, total = set(exclude), 0
-        for ref in self.refs:
-            t = ref()
-            if t is None:
-                continue
-            key = _storage_key(t)
-            if key in seen or key == 0:
-                continue
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return total
-
-
 def _param_keys(module: torch.nn.Module) -> set[int]:
-    return {_storage_key(p) for p in module.parameters()}
+    return storage_keys(module)
 
 
 def _close(measured: float, estimate: float, tol: float = ACT_TOLERANCE) -> None:
