@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from minivl.chat import chat_command
+    from minivl.eval.inference import chat_command
 
     chat_command(args.model, args.image or [], args.question, max_num=args.max_num,
                  max_new_tokens=args.max_new_tokens, stream=not args.no_stream, draw=args.draw)
@@ -49,12 +49,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from minivl.chat import eval_command
+    from minivl.eval.inference import eval_command
 
-    if args.bench != "synthetic":
-        raise SystemExit(f"minivl eval: unknown benchmark {args.bench!r} (available: synthetic)")
-    eval_command(args.model, args.meta, tasks=args.task or None, per_task=args.per_task, max_num=args.max_num,
-                 out=args.out)
+    eval_command(args.model, args.bench, args.data, split=args.split, mode=args.mode, k=args.k, out=args.out,
+                 tasks=args.task or None, limit=args.limit, max_num=args.max_num, temperature=args.temperature)
     return 0
 
 
@@ -91,14 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", default=None, help="save the first image with the answer's boxes drawn to this file")
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("eval", help="score a model on a benchmark and write a results table")
+    p = sub.add_parser("eval", help="score a model on a benchmark; writes predictions and a results table")
     p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--bench", default="synthetic", help="benchmark (synthetic: the suite's held-out split)")
-    p.add_argument("--meta", required=True, help="meta JSON of the split to score (e.g. runs/quickstart/data/test.json)")
-    p.add_argument("--task", action="append", help="only this task (repeatable)")
-    p.add_argument("--per-task", type=int, default=None, help="at most this many records per task")
-    p.add_argument("--max-num", type=int, default=None, help="override every task's tile budget")
-    p.add_argument("--out", default=None, help="directory for results.json and results.md")
+    p.add_argument("--bench", default="synthetic", choices=["synthetic", "mmmu", "chartqa", "docvqa", "ai2d"])
+    p.add_argument("--data", "--meta", dest="data", required=True,
+                   help="synthetic: the split's meta JSON; others: a saved data set, parquet file or hub id")
+    p.add_argument("--split", default=None, help="data set split (default: the benchmark's evaluation split)")
+    p.add_argument("--mode", default="direct", choices=["direct", "cot"], help="direct answer or chain of thought")
+    p.add_argument("--k", type=int, default=1, help="sampled answers per question, majority-voted (default 1)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature when k > 1")
+    p.add_argument("--task", action="append", help="synthetic: only this task (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many items (per task for synthetic)")
+    p.add_argument("--max-num", type=int, default=None, help="override the tile budgets")
+    p.add_argument("--out", default=None, help="directory for predictions.jsonl, results.json and results.md")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="data tools: generate the synthetic suite")

@@ -593,13 +593,13 @@ assert set(after) == set(before) and changed == ["language_model"]
 # %% [markdown]
 # ### Step 4: chat with the result
 #
-# `minivl.chat.chat_command` is the `minivl chat` command: it loads the model and tokenizer
+# `minivl.eval.inference.chat_command` is the `minivl chat` command: it loads the model and tokenizer
 # from the folder, tiles the image (chapter 1) and answers. At `gpu` scale you should see an
 # ai2d answer. At `cpu` scale the tiny model has had 24 LoRA steps from random weights, so its
 # answer is not meaningful. The cell checks the plumbing, not the quality.
 
 # %%
-from minivl.chat import chat_command
+from minivl.eval.inference import chat_command
 from minivl.data.records import read_meta
 
 image = next(iter(read_meta(meta).values())).image_path(records[0]["image"])

@@ -8,7 +8,7 @@ The Colab recipe of chapter 13 is four calls, the same at every scale:
 2. :func:`write_run_config`: a ``minivl train`` YAML naming the checkpoint, the meta JSON and
    a stage preset (``finetune_lora`` by default) with a few overrides;
 3. :func:`minivl.train.run.run_training` on that YAML (LoRA adapters merged on save);
-4. :func:`minivl.chat.chat_command` on the result.
+4. :func:`minivl.eval.inference.chat_command` on the result.
 
 :func:`finetune_on_hub_dataset` chains 1-3. At ``smoke`` / ``cpu`` scale the checkpoint is
 :func:`tiny_base_checkpoint` (a tiny random MiniVL saved in the official OpenGVLab layout,
