@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minivl.chat import chat_command
+from minivl.eval.inference import chat_command
 from minivl.data.records import read_meta
 from minivl.data.synthetic import generate_suite
 from minivl.model import MiniVL
