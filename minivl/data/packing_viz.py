@@ -228,7 +228,8 @@ def plot_trace(trace: Sequence[TraceStep], max_tokens: int, flushed: Sequence[Bu
         note = f"{view.tokens}t/{view.tiles}i" + (f"  {view.reason}" if view.reason else "")
         ax.text(x0, y + 0.34, note, ha="left", va="bottom", fontsize=5.5, color="0.25")
 
-    steps = [(f"{k}: +{s.sample}" if s.sample >= 0 else f"{k}: skip", s.buffers, s.yielded) for k, s in enumerate(trace)]
+    steps = [(f"{k}: skip {s.sample}" if s.placed.startswith("skipped") else f"{k}: +{s.sample}", s.buffers, s.yielded)
+             for k, s in enumerate(trace)]
     if flushed:
         steps.append(("end", [], list(flushed)))
     for k, (label, buffers, yielded) in enumerate(steps):
