@@ -36,7 +36,6 @@ import argparse
 import statistics
 import sys
 import time
-from functools import partial
 from typing import Any
 
 import numpy as np

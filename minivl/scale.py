@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from typing import TypeVar
 
 SCALES = ("smoke", "cpu", "gpu")
@@ -97,14 +98,12 @@ def print_environment(scale: str | None = None) -> dict[str, str]:
     return info
 
 
-def cache_dir(*parts: str) -> "Path":
+def cache_dir(*parts: str) -> Path:
     """Where slow results are cached (``$MINIVL_CACHE``, else ``~/.cache/minivl``), per scale.
 
     Chapters reuse trained models and generated data from here instead of recomputing them.
     The directory is created on first use.
     """
-    from pathlib import Path
-
     root = Path(os.environ.get("MINIVL_CACHE", Path.home() / ".cache" / "minivl")).expanduser()
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from minivl.eval.inference import chat_command
 from minivl.data.records import read_meta
 from minivl.data.synthetic import generate_suite
+from minivl.eval.inference import chat_command
 from minivl.model import MiniVL
 from minivl.text.tokenizer import image_token_id, load_tokenizer
 from minivl.train.planner import plan

@@ -278,7 +278,7 @@ def skip_report(datasets: Sequence[SupervisedDataset]) -> str:
     for d in datasets:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(d.skips.items())) or "-"
         lines.append(f"{d.meta.name:<16} {len(d):>8} {sum(d.skips.values()):>8}  {reasons}")
-        for reason, example in sorted(d.skip_examples.items()):
+        for example in (e for _, e in sorted(d.skip_examples.items())):
             lines.append(f"{'':<16} {'':>8} {'':>8}    e.g. {example[:120]}")
     return "\n".join(lines)
 
