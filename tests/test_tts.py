@@ -206,7 +206,7 @@ def test_real_model_sampling_is_seeded(meta_path):
     tok = train_tokenizer(vocab_size=300)
     torch.manual_seed(0)
     model = MiniVL(MiniVLConfig.smoke(vocab_size=len(tok), image_token_id=image_token_id(tok))).eval()
-    args = dict(temperature=1.0, top_p=1.0, max_new_tokens=6, batch_size=2, chains_per_call=1, limit=2)
+    args = dict(temperature=1.0, top_p=1.0, max_new_tokens=4, batch_size=2, chains_per_call=1, limit=2, max_num=1)
     a = tts.sample_chains(model, tok, None, meta_path, k=3, seed=5, **args)
     b = tts.sample_chains(model, tok, None, meta_path, k=2, seed=5, **args)
     c = tts.sample_chains(model, tok, None, meta_path, k=3, seed=6, **args)
@@ -221,15 +221,15 @@ def test_real_model_sampling_is_seeded(meta_path):
     from minivl.vision.transforms import load_image_tiles
 
     q = a.questions[0]
-    pixel_values, patches = load_image_tiles(q.image, image_size=model.config.vision.image_size, max_num=2)
+    pixel_values, patches = load_image_tiles(q.image, image_size=model.config.vision.image_size, max_num=1)
     query = model.expand_image_placeholders(model.build_chat_prompt(q.prompt), patches)
     ids = tok(query, return_tensors="pt", add_special_tokens=False)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     out = model.generate(pixel_values=pixel_values, input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
-                         max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+                         max_new_tokens=4, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     row = out[0].tolist()
     assert a.token_counts[0][0] == (row.index(eos) + 1 if eos in row else len(row))
-    assert all(1 <= n <= 6 for r in a.token_counts for n in r)
+    assert all(1 <= n <= 4 for r in a.token_counts for n in r)
 
 
 def test_token_counter_stops_each_row_at_its_first_stop_token():

@@ -200,6 +200,32 @@ def _stop_token_id(model, tokenizer: Any) -> int:
     return token_id(tokenizer, get_template(model.config.template).stop_token)
 
 
+def _chat_round(model, tokenizer: Any, pixel_values, prompts: list[str], patches: list[int], reps: int,
+                config: dict[str, Any], eos: int | None,
+                count_tokens: Callable[[str], int] | None) -> tuple[list[str], list[int]]:
+    """One ``batch_chat`` call asking every prompt ``reps`` times (chain-major: all prompts
+    once, then all again, ...); returns the texts and their generated-token counts."""
+    import torch
+
+    config = dict(config)
+    counter = None
+    if eos is not None:
+        counter = config["streamer"] = TokenCounter(eos)
+    n = len(prompts)
+    with torch.no_grad():
+        answers = list(model.batch_chat(
+            tokenizer, torch.cat([pixel_values] * reps) if reps > 1 else pixel_values,  # (reps*tiles, 3, S, S)
+            prompts * reps, config, num_patches_list=patches * reps, image_counts=[1] * (n * reps)))
+    if len(answers) != n * reps:
+        raise ValueError(f"batch_chat returned {len(answers)} answers for {n * reps} questions")
+    if counter is not None:
+        used = counter.counts(n * reps)
+    else:
+        assert count_tokens is not None
+        used = [count_tokens(a) for a in answers]
+    return answers, [int(u) for u in used]
+
+
 def sample_chains(model, tokenizer, records: Sequence[Record] | None, meta: DatasetMeta | str | os.PathLike, k: int,
                   temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 128, batch_size: int = 8,
                   seed: int = 0, mode: str = "cot", prompt_style: str = "trained", greedy_first: bool = True,
@@ -263,39 +289,25 @@ def sample_chains(model, tokenizer, records: Sequence[Record] | None, meta: Data
                 pixel_values = pixel_values.to(dtype)
             prompts = [q.prompt for q in chunk]
             n = len(chunk)
-
-            def generate(chains: list[int], sample: bool) -> tuple[list[str], list[int]]:
-                """One batch_chat call: every question of the chunk once per chain in ``chains``
-                (chain-major), seeded by the first chain; returns texts and token counts."""
-                config: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
-                if sample:
-                    config.update(temperature=temperature, top_p=top_p)
-                counter = None
-                if eos is not None:
-                    counter = config["streamer"] = TokenCounter(eos)
-                reps = len(chains)
-                torch.manual_seed(seed + 1_000_000 * chains[0] + b)
-                with torch.no_grad():
-                    answers = list(model.batch_chat(
-                        tokenizer, torch.cat([pixel_values] * reps) if reps > 1 else pixel_values,  # (reps*tiles, 3, S, S)
-                        prompts * reps, config, num_patches_list=patches * reps, image_counts=[1] * (n * reps)))
-                if len(answers) != n * reps:
-                    raise ValueError(f"batch_chat returned {len(answers)} answers for {n * reps} questions")
-                used = counter.counts(n * reps) if counter is not None else [count_tokens(a) for a in answers]
-                return answers, [int(u) for u in used]
-
+            greedy_config = {"max_new_tokens": max_new_tokens, "do_sample": False}
+            sample_config = {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature,
+                             "top_p": top_p}
             greedy_chains = [j for j in range(k) if temperature == 0 or (greedy_first and j == 0)]
             sampled_chains = [j for j in range(k) if j not in greedy_chains]
             by_chain: dict[int, tuple[list[str], list[int]]] = {}
             if greedy_chains:
-                answers, used = generate([greedy_chains[0]], sample=False)  # deterministic: computed once
+                torch.manual_seed(seed + 1_000_000 * greedy_chains[0] + b)
+                answers, used = _chat_round(model, tokenizer, pixel_values, prompts, patches, 1, greedy_config, eos,
+                                            count_tokens)  # greedy decoding is deterministic: computed once
                 for j in greedy_chains:
                     by_chain[j] = (answers, used)
                 bar.update(n * len(greedy_chains))
             step = chains_per_call or max(1, len(sampled_chains))
             for start_chain in range(0, len(sampled_chains), step):
                 group = sampled_chains[start_chain:start_chain + step]
-                answers, used = generate(group, sample=True)
+                torch.manual_seed(seed + 1_000_000 * group[0] + b)
+                answers, used = _chat_round(model, tokenizer, pixel_values, prompts, patches, len(group), sample_config,
+                                            eos, count_tokens)
                 for g, j in enumerate(group):  # answers are chain-major: chain group[g] is slice g
                     by_chain[j] = (answers[g * n:(g + 1) * n], used[g * n:(g + 1) * n])
                 bar.update(n * len(group))
