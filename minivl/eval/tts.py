@@ -268,7 +268,7 @@ def sample_chains(model, tokenizer, records: Sequence[Record] | None, meta: Data
     eos = None if count_tokens is not None else _stop_token_id(model, tokenizer)
     budget = max_num or task.max_dynamic_patch or 6
     image_size = model.config.vision.image_size
-    dtype = getattr(model, "dtype", None)
+    dtype, device = getattr(model, "dtype", None), getattr(model, "device", None)
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -285,8 +285,8 @@ def sample_chains(model, tokenizer, records: Sequence[Record] | None, meta: Data
                 pixels.append(pv)
                 patches += n
             pixel_values = torch.cat(pixels)  # (sum of tiles, 3, S, S)
-            if dtype is not None:
-                pixel_values = pixel_values.to(dtype)
+            if dtype is not None or device is not None:
+                pixel_values = pixel_values.to(device=device, dtype=dtype)
             prompts = [q.prompt for q in chunk]
             n = len(chunk)
             greedy_config = {"max_new_tokens": max_new_tokens, "do_sample": False}
