@@ -30,7 +30,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,11 @@ class FlopMeter:
 
 @dataclass
 class TransferRecipe:
-    """Sizes, steps and data of :func:`progressive_scaling_demo` (one per scale)."""
+    """Sizes, steps and data of :func:`progressive_scaling_demo` (one per scale in
+    :data:`TRANSFER_RECIPES`). The cpu recipe takes about 7 minutes on 2 busy cores.
+
+    Explained in chapter 11 (notebooks/11_stage1_5_vit_incremental.ipynb).
+    """
 
     vision_width: int = 64
     vision_layers: int = 4
@@ -351,13 +355,13 @@ def run_stages(model: MiniVL, tokenizer: Any, train_meta: str | Path, test_meta:
         eval_seconds = [0.0]
         t_start = time.perf_counter()
 
-        def eval_fn(m: nn.Module, _name=name, _meter=meter) -> dict[str, float]:
+        def eval_fn(m: nn.Module, _name=name, _meter=meter, _spent=eval_seconds, _t0=t_start, _f0=flops0,
+                    _s0=seconds0) -> dict[str, float]:
             t = time.perf_counter()
-            train_seconds = t - t_start - eval_seconds[0]
+            train_seconds = t - _t0 - _spent[0]
             scores = evaluate(m)
-            eval_seconds[0] += time.perf_counter() - t
-            curve.append({"stage": _name, "flops": flops0 + _meter.flops, "seconds": seconds0 + train_seconds,
-                          **scores})
+            _spent[0] += time.perf_counter() - t
+            curve.append({"stage": _name, "flops": _f0 + _meter.flops, "seconds": _s0 + train_seconds, **scores})
             return scores
 
         result = train(model, meter.wrap(_packed_make_loader(model, tokenizer, train_meta, recipe)), stage,
@@ -371,6 +375,13 @@ def run_stages(model: MiniVL, tokenizer: Any, train_meta: str | Path, test_meta:
         flops0 += meter.flops
         seconds0 += seconds
     return {"curve": curve, "stages": done}
+
+
+def _fingerprint(model: nn.Module) -> list[float]:
+    """Parameter count and weight sum: tells a cached result of another LLM apart."""
+    with torch.no_grad():
+        return [sum(p.numel() for p in model.parameters()),
+                round(float(sum(p.double().sum() for p in model.parameters())), 6)]
 
 
 def progressive_scaling_demo(
@@ -403,9 +414,8 @@ def progressive_scaling_demo(
     from minivl.train.attention import enable_packed_attention
 
     recipe = recipe or TRANSFER_RECIPES[get_scale(scale)]
-    key = {**dataclasses.asdict(recipe), "vocab": len(tokenizer),
-           "llm_small": int(sum(p.numel() for p in llm_small.parameters())),
-           "llm_large": int(sum(p.numel() for p in llm_large.parameters()))}
+    key = {**dataclasses.asdict(recipe), "vocab": len(tokenizer), "llm_small": _fingerprint(llm_small),
+           "llm_large": _fingerprint(llm_large)}
     key = json.loads(json.dumps(key))  # tuples -> lists, as they come back from the file
     if cache is not None and Path(cache).exists():
         saved = json.loads(Path(cache).read_text())
@@ -501,7 +511,7 @@ def plot_progressive_scaling(result: dict[str, Any], metric: str = "all", x: str
             ax.axvline(runs["c_scratch"]["stages"][0][x] / scale, color="grey", linestyle=":", linewidth=1)
             break
     ax.set(xlabel="cumulative training TFLOPs" if x == "flops" else "cumulative training seconds",
-           ylabel=f"accuracy ({metric})", title="LLM-L: transferred ViT vs ViT trained from scratch")
+           ylabel=f"accuracy ({metric})", ylim=(0, 1), title="LLM-L: transferred ViT vs ViT trained from scratch")
     ax.legend(fontsize=8)
     return ax
 
