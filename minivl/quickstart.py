@@ -18,6 +18,7 @@ A scale picks the sizes (:data:`RECIPES`); the code is the same. Explained acros
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -135,7 +136,8 @@ def build_model(ws: Workspace, language_model: Any = None):
     torch.manual_seed(r.seed)
     vision = VisionConfig.tiny(hidden_size=r.vision_width, num_hidden_layers=r.vision_layers,
                                num_attention_heads=4, intermediate_size=4 * r.vision_width)
-    llm = language_model if language_model is not None else ws.llm
+    # a copy: training or LoRA-wrapping one model must not change the workspace's LLM (or the next model)
+    llm = language_model if language_model is not None else copy.deepcopy(ws.llm)
     size = "L" if llm.config.hidden_size == llm_config("L", 1)["hidden_size"] else "S"
     config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer)),
                           image_token_id=image_token_id(ws.tokenizer))

@@ -24,3 +24,19 @@ def test_quickstart_smoke(tmp_path, capsys):
         assert len((tmp_path / "qs" / name / "log.jsonl").read_text().splitlines()) == steps
     model = MiniVL.from_pretrained(tmp_path / "qs" / "final")
     assert model.config.vision.hidden_size == RECIPES["smoke"].vision_width
+
+
+def test_build_model_does_not_share_the_workspace_llm(tmp_path):
+    import torch
+
+    from minivl.quickstart import build_model, prepare
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    before = {k: v.clone() for k, v in ws.llm.state_dict().items()}
+    a, b = build_model(ws), build_model(ws)
+    assert a.language_model is not ws.llm and a.language_model is not b.language_model
+    with torch.no_grad():
+        for p in a.language_model.parameters():
+            p.add_(1.0)
+    for k, v in ws.llm.state_dict().items():
+        assert torch.equal(v, before[k]) and torch.equal(b.language_model.state_dict()[k], before[k]), k
