@@ -167,6 +167,32 @@ def test_varlen_attention_equals_each_sample_alone(backend, heads_kv):
     torch.testing.assert_close(out, reference_attention(q, k, v, cu, 0.3), atol=1e-5, rtol=1e-5)
 
 
+def test_segment_layout_round_trips():
+    cu = cu_seqlens_from_lengths([3, 1, 2])
+    index, valid = attn.segment_layout(cu)
+    assert index.tolist() == [[0, 1, 2], [3, 0, 0], [4, 5, 0]]
+    assert valid.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    x = torch.arange(6.0)
+    assert torch.equal(x[index][valid], x)
+
+
+@pytest.mark.parametrize("lengths", [[5, 7, 3, 9, 1, 6, 4, 8], [40, 2, 3]])
+def test_sdpa_segments_forward_and_backward_equal_the_block_mask(lengths):
+    """Many short samples take the padded-batch path; one long sample among short ones falls
+    back to the block mask. Values and gradients equal the reference either way."""
+    total = sum(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(total, h, 8, generator=generator, requires_grad=True) for h in (4, 2, 2))
+    out = varlen_attention(q, k, v, cu, scale=0.3, backend="sdpa_segments")
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref = reference_attention(q, k, v, cu, 0.3)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
 def test_varlen_attention_rejects_mismatched_lengths():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="ends at 20 but the packed row has 24"):
@@ -259,9 +285,9 @@ def test_torch_varlen_wiring_with_a_stand_in_kernel(monkeypatch):
 
 
 def test_select_backend_on_cpu():
-    assert select_backend("cpu", torch.float32) == "sdpa"
-    assert select_backend("cpu", torch.bfloat16) == "sdpa"
-    assert select_backend("cpu", torch.float32, override="auto") == "sdpa"
+    assert select_backend("cpu", torch.float32) == "sdpa_segments"
+    assert select_backend("cpu", torch.bfloat16) == "sdpa_segments"
+    assert select_backend("cpu", torch.float32, override="auto") == "sdpa_segments"
     assert select_backend("cpu", torch.float32, override="flex") == "flex"
     with pytest.raises(RuntimeError, match="flash_attn.*CUDA"):
         select_backend("cpu", torch.float32, override="flash_attn")
@@ -290,7 +316,7 @@ def test_select_backend_on_a_gpu(monkeypatch):
     assert select_backend("cuda", torch.bfloat16) == "torch_varlen"
     assert "not installed" in backend_unavailable_reason("flash_attn", "cuda", torch.bfloat16)
     monkeypatch.setattr(attn, "_probe_torch_varlen", lambda device_type, dtype: "no kernel")
-    assert select_backend("cuda", torch.bfloat16) == "sdpa"
+    assert select_backend("cuda", torch.bfloat16) == "sdpa_segments"
     assert select_backend("cuda", torch.bfloat16, override="sdpa") == "sdpa"
 
 

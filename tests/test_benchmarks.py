@@ -49,7 +49,7 @@ def test_synthetic_items_metrics_and_budgets(suite):
         "shape_qa": "exact", "small_text": "exact", "chart": "relaxed", "grounding": "iou@0.5",
         "multi_image": "exact", "video": "exact", "reasoning": "choice"}
     assert {t: by_task[t][0].max_num for t in by_task} == {
-        "shape_qa": 6, "small_text": 16, "chart": 6, "grounding": 6, "multi_image": 8, "video": 1, "reasoning": 6}
+        "shape_qa": 1, "small_text": 16, "chart": 6, "grounding": 1, "multi_image": 8, "video": 1, "reasoning": 6}
     assert [i.max_num for i in load_synthetic_bench(meta, tasks=["small_text"], max_num=2)] == [2] * counts["small_text"]
     assert len(load_synthetic_bench(meta, tasks=["shape_qa", "chart"], per_task=1)) == 2
     with pytest.raises(ValueError, match="caption"):

@@ -26,6 +26,7 @@ from minivl.data.synthetic import (
 )
 from minivl.data.synthetic.charts import FORM_FONT, FORM_MID, FORM_ROW, UNIT
 from minivl.data.synthetic.common import font
+from minivl.data.synthetic.scenes import TRAIN_TURNS
 
 N = 40  # samples per task for the pixel checks
 
@@ -208,26 +209,43 @@ def test_caption_matches_pixels(big):
 
 
 def test_shape_qa_answers_match_pixels(big):
-    types = Counter()
+    types, turns = Counter(), Counter()
     for r in load(big, "shape_qa"):
         shapes = check_scene(pixels(big, "shape_qa", r["image"]), r["meta"])
-        q, a = r["conversations"][0]["value"].removeprefix("<image>\n"), r["conversations"][1]["value"]
-        if q == "How many shapes are there?":
-            expected = str(len(shapes))
-        elif m := re.fullmatch(r"How many (\w+) shapes are there\?", q):
-            expected = str(sum(s["colour"] == m[1] for s in shapes))
-        elif m := re.fullmatch(r"How many (\w+)s are there\?", q):
-            expected = str(sum(s["kind"] == m[1] for s in shapes))
-        elif m := re.fullmatch(r"What colour is the (\w+)\?", q):
-            (target,) = [s for s in shapes if s["kind"] == m[1]]
-            expected = target["colour"]
-        else:
-            m = re.fullmatch(r"Where is (the [\w ]+)\?", q)
-            (target,) = refer(shapes, m[1])
-            expected = target["position"]
-        assert a == expected, (q, a, expected)
+        conv = r["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+        assert len({t["value"].removeprefix("<image>\n") for t in conv[::2]}) == len(conv) // 2  # distinct
+        turns[len(conv) // 2] += 1
+        for (q, a), t in zip(zip(conv[::2], conv[1::2]), r["meta"]["turns"]):
+            q, a = q["value"].removeprefix("<image>\n"), a["value"]
+            assert (t["question"], t["answer"]) == (q, a)
+            check_shape_answer(shapes, q, a)
         types[r["meta"]["question_type"]] += 1
     assert set(types) == {"count", "colour", "position"}
+    assert turns[TRAIN_TURNS] >= 0.8 * sum(turns.values())  # train images carry several questions
+
+
+def test_held_out_shape_qa_has_one_question(tmp_path):
+    for r in generate_task("shape_qa", tmp_path, "test", 6, seed=3):
+        assert len(r["conversations"]) == 2 and len(r["meta"]["turns"]) == 1
+
+
+def check_shape_answer(shapes, q, a):
+    """Re-derive the answer to one shape_qa question from the scene read back from pixels."""
+    if q == "How many shapes are there?":
+        expected = str(len(shapes))
+    elif m := re.fullmatch(r"How many (\w+) shapes are there\?", q):
+        expected = str(sum(s["colour"] == m[1] for s in shapes))
+    elif m := re.fullmatch(r"How many (\w+)s are there\?", q):
+        expected = str(sum(s["kind"] == m[1] for s in shapes))
+    elif m := re.fullmatch(r"What colour is the (\w+)\?", q):
+        (target,) = [s for s in shapes if s["kind"] == m[1]]
+        expected = target["colour"]
+    else:
+        m = re.fullmatch(r"Where is (the [\w ]+)\?", q)
+        (target,) = refer(shapes, m[1])
+        expected = target["position"]
+    assert a == expected, (q, a, expected)
 
 
 def test_grounding_boxes_match_pixels(big):

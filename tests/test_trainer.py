@@ -18,7 +18,7 @@ from minivl.model import MiniVL
 from minivl.text.template import get_template
 from minivl.text.tokenizer import image_token_id, train_tokenizer
 from minivl.train.stages import get_stage
-from minivl.train.trainer import add_lora, latest_checkpoint, map_loader, merge_lora, train
+from minivl.train.trainer import add_lora, build_optimizer, latest_checkpoint, map_loader, merge_lora, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,19 @@ def setup(tmp_path_factory):
 def new_model(tok, seed=0):
     torch.manual_seed(seed)
     return MiniVL(MiniVLConfig.smoke(vocab_size=len(tok), image_token_id=image_token_id(tok)))
+
+
+def test_vision_lr_scale_gives_the_vit_its_own_group(setup):
+    model = new_model(setup["tok"])
+    stage = get_stage("stage2", "tiny", lr=1e-3)
+    (group,) = build_optimizer(model, stage).param_groups  # the InternVL default: one group
+    assert group["lr"] == 1e-3 and len(group["params"]) == len(list(model.parameters()))
+    rest, vision = build_optimizer(model, stage.replace(vision_lr_scale=0.1)).param_groups
+    assert rest["lr"] == 1e-3 and vision["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in vision["params"]} == {id(p) for p in model.vision_model.parameters()}
+    assert len(rest["params"]) + len(vision["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        stage.replace(vision_lr_scale=-1.0)
 
 
 @pytest.mark.parametrize("stage_name,changed", [

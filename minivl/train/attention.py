@@ -13,11 +13,18 @@ backend             kernel                                       where
 ==================  ===========================================  ======================
 ``flash_attn``      ``flash_attn.flash_attn_varlen_func``        CUDA, fp16 / bf16
 ``torch_varlen``    ``torch.nn.attention.varlen.varlen_attn``    CUDA, fp16 / bf16
-``sdpa``            SDPA + block-diagonal causal mask            everywhere (CPU, MPS)
+``sdpa_segments``   SDPA over the samples as a padded batch      everywhere (CPU, MPS)
+``sdpa``            SDPA + block-diagonal causal mask            everywhere
 ``flex``            ``flex_attention`` + a ``BlockMask``         on request (CPU: forward only)
 ==================  ===========================================  ======================
 
-All four give the numbers of running each sample alone (``tests/test_attention.py``).
+The two SDPA layouts do the same sums at different costs. The block mask scores every pair
+of the row's ``T`` tokens (``T**2``) and throws most away; ``sdpa_segments`` cuts the row
+into its ``N`` samples, pads them to the longest, ``Lmax``, and scores ``N * Lmax**2`` pairs,
+several times fewer for rows of many short samples (it falls back to the block mask for a
+row where that is not cheaper). It is what ``auto`` picks where no varlen kernel runs.
+
+All five give the numbers of running each sample alone (``tests/test_attention.py``).
 
 Why restarting ``position_ids`` alone are not enough: transformers 5 infers packing from
 the positions only when there is no KV cache, and a model whose ``use_cache`` is on (the
@@ -50,7 +57,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("flash_attn", "torch_varlen", "sdpa", "flex")
+BACKENDS = ("flash_attn", "torch_varlen", "sdpa_segments", "sdpa", "flex")
 """The variable-length attention backends minivl knows, in the order ``auto`` tries them."""
 
 ATTN_IMPLEMENTATION = "minivl_varlen"
@@ -62,6 +69,7 @@ ATTN_IMPLEMENTATION = "minivl_varlen"
 _BACKEND_IMPLEMENTATIONS = {
     "flash_attn": "minivl_varlen_fa",
     "torch_varlen": "minivl_varlen_torch",
+    "sdpa_segments": "minivl_varlen_segments",
     "sdpa": "minivl_varlen_mask",
     "flex": "minivl_varlen_blockmask",
 }
@@ -221,7 +229,7 @@ def backend_unavailable_reason(backend: str, device: str | torch.device, dtype: 
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     device_type = torch.device(device).type
-    if backend == "sdpa":
+    if backend in ("sdpa", "sdpa_segments"):
         return None
     if backend == "flex":
         if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
@@ -249,7 +257,8 @@ def select_backend(device: str | torch.device, dtype: torch.dtype, override: str
 
     ``override`` (one of :data:`BACKENDS`) forces a backend and raises if it cannot run here.
     Otherwise (``None`` or ``"auto"``): ``flash_attn`` if installed on CUDA with fp16/bf16, else
-    torch's ``varlen_attn`` if it runs there, else ``sdpa`` with a block mask. ``flex`` is never
+    torch's ``varlen_attn`` if it runs there, else ``sdpa_segments`` (SDPA over the samples as
+    a padded batch, or the block mask where that is cheaper). ``flex`` is never
     picked automatically (on CPU it has no backward and materialises the full score matrix).
 
     Explained in chapter 8 (notebooks/08_packing.ipynb).
@@ -262,7 +271,7 @@ def select_backend(device: str | torch.device, dtype: torch.dtype, override: str
     for backend in ("flash_attn", "torch_varlen"):
         if backend_unavailable_reason(backend, device, dtype) is None:
             return backend
-    return "sdpa"
+    return "sdpa_segments"
 
 
 def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p=0.0):
@@ -327,6 +336,45 @@ def _sdpa_block_mask(q, k, v, cu_seqlens, scale, dropout_p=0.0):
         q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
     return out[0].transpose(0, 1)  # (1, Hq, T, D) -> (T, Hq, D)
+
+
+def segment_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed row as a padded batch: ``(index, valid)``, both ``(N, Lmax)``.
+
+    ``index[i, j]`` is the row position of token ``j`` of sample ``i`` (0 where sample ``i``
+    is shorter than ``j + 1``) and ``valid`` marks the real tokens. ``x[index]`` turns a
+    ``(T, ...)`` packed tensor into ``(N, Lmax, ...)``; ``y[valid]`` turns it back, in order.
+
+    Explained in chapter 8 (notebooks/08_packing.ipynb).
+    """
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]  # (N,)
+    offsets = torch.arange(int(lengths.max()), device=cu.device)  # (Lmax,)
+    valid = offsets[None, :] < lengths[:, None]  # (1, Lmax) < (N, 1) -> (N, Lmax)
+    index = (cu[:-1, None] + offsets[None, :]).masked_fill(~valid, 0)  # (N, Lmax)
+    return index, valid
+
+
+def _sdpa_segments(q, k, v, cu_seqlens, scale, dropout_p=0.0):
+    """SDPA over the samples as a padded batch; q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D).
+
+    Padded query rows still see key 0 of their sample (never an empty softmax) and are
+    dropped at the end; real tokens see exactly the keys of the block mask.
+    """
+    total = q.shape[0]
+    n = cu_seqlens.numel() - 1
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if n == 1 or n * longest * longest >= total * total:  # one sample, or no saving: the block mask
+        return _sdpa_block_mask(q, k, v, cu_seqlens, scale, dropout_p)
+    index, valid = segment_layout(cu_seqlens.to(q.device))
+    flat = index.reshape(-1)  # (N * Lmax,)
+    q, k, v = (t[flat].unflatten(0, index.shape).transpose(1, 2) for t in (q, k, v))  # -> (N, H, Lmax, D)
+    causal = torch.ones(longest, longest, dtype=torch.bool, device=q.device).tril()  # (Lmax, Lmax)
+    mask = causal[None, None] & valid[:, None, None, :]  # -> (N, 1, Lmax, Lmax)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.transpose(1, 2)[valid]  # (N, Hq, Lmax, D) -> (N, Lmax, Hq, D) -> (T, Hq, D)
 
 
 @functools.lru_cache(maxsize=8)
@@ -400,6 +448,8 @@ def varlen_attention(
         raise NotImplementedError(
             f"the {backend} backend has no attention dropout; use 'sdpa' or 'flash_attn'"
         )
+    if backend == "sdpa_segments":
+        return _sdpa_segments(query, key, value, cu_seqlens, scale, dropout_p)
     if backend == "sdpa":
         return _sdpa_block_mask(query, key, value, cu_seqlens, scale, dropout_p)
     if backend == "flex":

@@ -67,6 +67,7 @@ class StageConfig:
     train_projector: bool = True
     train_llm: bool = True
     lr: float = 4e-5
+    vision_lr_scale: float = 1.0  # the ViT's lr = lr * vision_lr_scale (1 in every InternVL preset)
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -102,6 +103,8 @@ class StageConfig:
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if not (self.train_vision or self.train_projector or self.train_llm or self.lora):
             raise ValueError(f"stage {self.name!r} trains nothing")
+        if self.vision_lr_scale < 0:
+            raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
 

@@ -118,11 +118,23 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
     """AdamW over every trainable parameter in one group, as InternVL's DeepSpeed config does
-    (weight decay also reaches biases and norms there)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    (weight decay also reaches biases and norms there).
+
+    With ``stage.vision_lr_scale != 1`` the ViT's parameters (``vision_model.*``) get their own
+    group at ``lr * vision_lr_scale`` (a lower learning rate for a pretrained vision tower, as
+    LLaVA-OneVision does; InternVL's presets keep 1).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError(f"stage {stage.name!r}: no trainable parameters")
-    return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, eps=1e-8, weight_decay=stage.weight_decay)
+    kwargs = {"betas": stage.betas, "eps": 1e-8, "weight_decay": stage.weight_decay}
+    if stage.vision_lr_scale == 1.0:
+        return torch.optim.AdamW([p for _, p in named], lr=stage.lr, **kwargs)
+    vision = [p for n, p in named if n.split(".")[0] == "vision_model" or ".vision_model." in n]
+    ids = {id(p) for p in vision}
+    groups = [{"params": [p for _, p in named if id(p) not in ids], "lr": stage.lr},
+              {"params": vision, "lr": stage.lr * stage.vision_lr_scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], **kwargs)
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:

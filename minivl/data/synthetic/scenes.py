@@ -2,6 +2,8 @@
 
 * ``caption``: 1-5 shapes, a templated caption listing them in reading order (stage 1 data);
 * ``shape_qa``: count / colour / position questions with one-word answers (instruction data);
+  a training image carries :data:`TRAIN_TURNS` questions as a multi-turn conversation, as
+  InternVL's instruction data often does (held-out images: one question each);
 * ``grounding``: InternVL's referring-expression format, boxes in 0-1000 integer coordinates::
 
       Please provide the bounding box coordinate of the region this sentence describes: <ref>the blue circle</ref>
@@ -31,6 +33,9 @@ from minivl.data.synthetic.common import (
     render_scene,
     scene_meta,
 )
+
+TRAIN_TURNS = 3
+"""Questions per ``shape_qa`` training image: the image and the prompt are paid for once."""
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in this picture?", "Give a short description of the image.")
 GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
@@ -116,12 +121,28 @@ def shape_question(rng: random.Random, shapes: list[Shape]) -> tuple[str, str, s
 
 
 def make_shape_qa(rng: random.Random, ctx: TaskContext, index: int) -> list[dict]:
-    """One count / colour / position question. Explained in chapter 6 (notebooks/06_data.ipynb)."""
+    """Count / colour / position questions about one scene: one on held-out splits,
+    :data:`TRAIN_TURNS` different ones in the train split (a multi-turn conversation).
+    ``meta`` keeps the first question's type and answer and every turn under ``turns``.
+
+    Explained in chapter 6 (notebooks/06_data.ipynb)."""
     width, height, background, shapes = _scene(rng, 1, 5)
-    qtype, question, answer = shape_question(rng, shapes)
+    turns = [shape_question(rng, shapes)]
+    for _ in range(8 * (TRAIN_TURNS - 1) if ctx.split == "train" else 0):  # a few tries to find new questions
+        if len(turns) == TRAIN_TURNS:
+            break
+        turn = shape_question(rng, shapes)
+        if all(turn[1] != t[1] for t in turns):
+            turns.append(turn)
     image = render_scene(width, height, shapes, background)
-    meta = scene_meta(width, height, background, shapes) | {"question_type": qtype, "answer": answer}
-    return [_image_record(ctx, index, image, question, answer, meta)]
+    (qtype, question, answer) = turns[0]
+    meta = scene_meta(width, height, background, shapes) | {
+        "question_type": qtype, "answer": answer,
+        "turns": [{"question_type": t, "question": q, "answer": a} for t, q, a in turns]}
+    record = _image_record(ctx, index, image, question, answer, meta)
+    for _, q, a in turns[1:]:
+        record["conversations"] += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return [record]
 
 
 def grounding_answer(ref: str, boxes: list[list[int]]) -> str:
