@@ -36,7 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivl.config import VisionConfig
-from minivl.data.synthetic.common import BACKGROUNDS, CELL_NAMES, COLOURS, SCENE_SIZES, SHAPES, random_scene, render_scene
+from minivl.data.synthetic.common import (
+    BACKGROUNDS,
+    CELL_NAMES,
+    COLOURS,
+    SCENE_SIZES,
+    SHAPES,
+    random_scene,
+    render_scene,
+)
 from minivl.vision.intern_vit import InternVisionModel
 from minivl.vision.transforms import load_image_tiles
 
