@@ -180,27 +180,17 @@ def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool 
 
 def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress: bool = True,
                 output_dir: str | Path | None = None):
-    """Step 5, one stage: packed rows of the whole training mixture, square-averaged loss."""
-    from minivl.data.dataset import DataConfig, build_datasets
-    from minivl.data.packing import PackedDataset, packed_collate_fn
+    """Step 5, one stage: packed rows of the whole training mixture, square-averaged loss, the
+    ``tiny`` preset of ``name`` with the recipe's ViT learning-rate scale and drop path."""
+    from minivl.train.report import train_packed
     from minivl.train.stages import get_stage
-    from minivl.train.trainer import packed_loader, train
 
-    r, tok = ws.recipe, ws.tokenizer
-    data_cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
-                          max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
-                          min_num_frame=4, max_num_frame=8)
-    datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed)
-    packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
-                           seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
-                           img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
+    r = ws.recipe
     stage = get_stage(name, "tiny", max_steps=steps, lr=lr, seed=r.seed, max_packed_tokens=r.max_packed_tokens,
-                      num_images_expected=r.num_images_expected)
-    stage = stage.replace(vision_lr_scale=r.vision_lr_scale)
+                      num_images_expected=r.num_images_expected, vision_lr_scale=r.vision_lr_scale)
     if stage.drop_path_rate:
         stage = stage.replace(drop_path_rate=r.drop_path_rate)
-    return train(model, packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction="square")),
-                 stage, output_dir=output_dir, resume=False, progress=progress)
+    return train_packed(ws, model, stage, output_dir=output_dir, progress=progress)
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None,
@@ -256,7 +246,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None
     print(f"\nsmall_text: one tile {tiling['max_num=1']:.1%}, dynamic tiling {tiling['max_num=16']:.1%}")
     print(f"total {results['seconds']['total'] / 60:.1f} min; model in {final}")
     image = out / "data" / "images" / "test" / "shape_qa" / "000000.png"
-    print(f'try: minivl chat --model {final} --image {image} "How many shapes are there?"')
+    # shape scenes are trained as one tile (their meta's max_dynamic_patch), so chat with one tile
+    print(f'try: minivl chat --model {final} --max-num 1 --image {image} "How many shapes are there?"')
     return results
 
 

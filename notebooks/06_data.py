@@ -99,7 +99,7 @@ plt.show()
 # holds labelled bad samples for chapter 7, gets its own meta file. Generation is seeded:
 # the same seed gives byte-identical files. The suite is cached per scale under minivl's
 # cache folder (`$MINIVL_CACHE`, else `~/.cache/minivl`), so later chapters reuse it. On a
-# 2-core laptop the `cpu` suite (about 9,700 records) takes about 10 seconds.
+# 2-core laptop the `cpu` suite (about 12,100 records) takes about 10 seconds.
 
 # %%
 import json
@@ -195,7 +195,10 @@ print(json.dumps({"small_text": meta_json["small_text"]}, indent=2))
 # and applies that rule.
 #
 # Samples are not the whole story: a `small_text` sample costs 17 tiles and several hundred
-# tokens, while a `shape_qa` sample costs a handful of tiles. To see where the compute goes,
+# tokens, while a shape scene (`caption`, `shape_qa`, `grounding`) is read as one tile
+# (`max_dynamic_patch` 1: its shapes are large enough at 112 px), and a `shape_qa` training
+# image carries three questions as a multi-turn conversation, so the image and the system
+# prompt are paid for once per three answers. To see where the compute goes,
 # `token_length_stats` builds the first samples of each task and measures their lengths.
 
 # %%

@@ -357,10 +357,10 @@ print(f"the mixture has {tokens_per_tile:.1f} tokens per tile; T/K: "
 
 # %% [markdown]
 # Which budget binds first depends on `T / K` against the data's own ratio of tokens to
-# tiles (about 29 here: 16 image tokens per tile plus the text). When `T / K` is below it
+# tiles (about 33 here: 16 image tokens per tile plus the text). When `T / K` is below it
 # (1024/48 = 21), tokens run out first and packs leave nearly full in tokens: about 96% of
 # `T` at cpu scale. When `T / K` is above it (1024/24 or 2048/48, both 43), tiles run out
-# first: the tile fill is about 98% and a third of `T` stays empty. A `T` of only two or
+# first: the tile fill is 96-98% and a quarter of `T` stays empty. A `T` of only two or
 # three samples (512) leaves gaps that no remaining sample fills (89%). Most packs leave
 # through the buffer limit ("neither"), nearly full, rather than at exactly `T` tokens.
 # InternVL 2.5 trains with `T = 16384` and `K = 48` tiles of 256 tokens: `T / K` = 341,

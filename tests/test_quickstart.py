@@ -40,3 +40,10 @@ def test_build_model_does_not_share_the_workspace_llm(tmp_path):
             p.add_(1.0)
     for k, v in ws.llm.state_dict().items():
         assert torch.equal(v, before[k]) and torch.equal(b.language_model.state_dict()[k], before[k]), k
+    # the warm-started ViT is copied in (not shared), unless a random one is asked for
+    for k, v in ws.vit.state_dict().items():
+        assert torch.equal(a.vision_model.state_dict()[k], v), k
+    assert a.vision_model is not ws.vit
+    random_vit = build_model(ws, pretrained_vit=False)
+    assert not torch.equal(random_vit.vision_model.embeddings.patch_embedding.weight,
+                           ws.vit.embeddings.patch_embedding.weight)

@@ -269,10 +269,12 @@ def heldout_task_losses(model: nn.Module, tokenizer: Any, meta: str | Path, task
 # Training a stage variant on the workspace's packed rows
 # ----------------------------------------------------------------------------------------
 
-def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"):
-    """``make_loader(epoch)`` over packed rows of the workspace's training mixture, built as
-    :func:`minivl.quickstart.train_stage` builds them (rows of ``ws.recipe.max_packed_tokens``
-    tokens, at most ``ws.recipe.num_images_expected`` tiles, InternVL's per-sample loss weights).
+def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square",
+                       names: Sequence[str] | None = None):
+    """``make_loader(epoch)`` over packed rows of the workspace's training mixture (or of the
+    data sets ``names`` only): rows of ``ws.recipe.max_packed_tokens`` tokens, at most
+    ``ws.recipe.num_images_expected`` tiles, InternVL's per-sample loss weights. This is the
+    data path of :func:`minivl.quickstart.train_stage`.
 
     ``ws`` is a :class:`minivl.quickstart.Workspace`. Explained in chapter 10
     (notebooks/10_stage1_mlp_warmup.ipynb).
@@ -285,7 +287,7 @@ def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"
     data_cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
                           max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
                           min_num_frame=4, max_num_frame=8)
-    datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed)
+    datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed, names=names)
     packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
                            seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
                            img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
@@ -293,7 +295,7 @@ def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"
 
 
 def train_packed(ws: Any, model: nn.Module, stage: StageConfig, output_dir: str | Path | None = None,
-                 progress: bool = True, **train_kwargs: Any):
+                 progress: bool = True, names: Sequence[str] | None = None, **train_kwargs: Any):
     """Train ``model`` with ``stage`` on :func:`packed_make_loader` rows of the workspace.
 
     The same data path as :func:`minivl.quickstart.train_stage`, but for any
@@ -306,5 +308,5 @@ def train_packed(ws: Any, model: nn.Module, stage: StageConfig, output_dir: str 
     """
     from minivl.train.trainer import train
 
-    return train(model, packed_make_loader(ws, model, stage.loss_reduction), stage, output_dir=output_dir,
+    return train(model, packed_make_loader(ws, model, stage.loss_reduction, names), stage, output_dir=output_dir,
                  progress=progress, **{"resume": False, **train_kwargs})
