@@ -118,9 +118,11 @@ plt.show()
 # ## Loading the model
 #
 # `load_model` reads any of the three checkpoint layouts (chapter 5) and the tokenizer saved
-# beside the weights. At `cpu` scale it is the quickstart model: an InternViT of 4 layers,
-# 128 wide, and a small Qwen2-style LLM, trained for about 7 minutes on 2 CPU cores on the
-# synthetic suite (chapters 10-12).
+# beside the weights. At `cpu` scale it is the quickstart model: an InternViT of 2 layers,
+# 64 wide (warm-started on rendered scenes), and a small Qwen2-style LLM, trained for about
+# 8 minutes on 2 CPU cores on the synthetic suite (chapters 10-12). Shape scenes were
+# trained as one 112 px tile (their meta's `max_dynamic_patch`), so we ask with the same
+# tiling.
 
 # %%
 from minivl.eval.inference import load_model
@@ -158,7 +160,8 @@ def ask(record, meta, question=None, **kw):
 
 
 r = shape_recs[0]
-pv, patches = load_image_tiles(shape_meta.image_path(r.images[0]), image_size=size, max_num=6)
+pv, patches = load_image_tiles(shape_meta.image_path(r.images[0]), image_size=size,
+                               max_num=shape_meta.max_dynamic_patch or 6)
 print("pixel_values", tuple(pv.shape), "tiles per image", patches)  # (tiles, 3, S, S)
 prompt = model.expand_image_placeholders(model.build_chat_prompt(r.conversations[0]["value"]), patches)
 short = prompt.replace("<IMG_CONTEXT>" * model.num_image_token, "<IMG_CONTEXT>x16 ")
@@ -196,13 +199,13 @@ from minivl.eval.inference import chat_command
 r = shape_recs[min(1, len(shape_recs) - 1)]
 image_path = shape_meta.image_path(r.images[0])
 question = r.conversations[0]["value"].replace("<image>\n", "")
-pv, patches = load_image_tiles(image_path, image_size=size, max_num=6)
+pv, patches = load_image_tiles(image_path, image_size=size, max_num=shape_meta.max_dynamic_patch or 6)
 print("streamed: ", end="")
 with torch.no_grad():
     answer = model.chat(tok, pv, question, {**GREEDY, "streamer": TextStreamer(tok, skip_prompt=True,
                                                                                skip_special_tokens=True)})
 buffer = io.StringIO()
-chat_command(None, [image_path], question, max_num=6, max_new_tokens=32, model=model, tokenizer=tok, out=buffer)
+chat_command(None, [image_path], question, max_num=shape_meta.max_dynamic_patch or 6, max_new_tokens=32, model=model, tokenizer=tok, out=buffer)
 print("chat_command wrote:", repr(buffer.getvalue()))
 assert buffer.getvalue().strip() == answer
 
@@ -210,13 +213,15 @@ assert buffer.getvalue().strip() == answer
 # ## Several turns
 #
 # With `history`, `chat()` renders the earlier turns into the template; `<image>` is added
-# only to the first question. The synthetic suite has **no multi-turn conversations**, so
-# the second turn tests whether the model answers the new question or repeats itself.
+# only to the first question. The suite's `shape_qa` training images carry three questions
+# each, so the model has seen later turns; the second and third turns test whether it
+# answers the new question or repeats itself.
 
 # %%
 r = shape_recs[min(2, len(shape_recs) - 1)]
 first_q = r.conversations[0]["value"].replace("<image>\n", "")
-pv, patches = load_image_tiles(shape_meta.image_path(r.images[0]), image_size=size, max_num=6)
+pv, patches = load_image_tiles(shape_meta.image_path(r.images[0]), image_size=size,
+                               max_num=shape_meta.max_dynamic_patch or 6)
 shapes = r.extra["meta"]["shapes"]
 history = None
 turns = [first_q, "How many shapes are there?", f"What colour is the {shapes[0]['kind']}?"]
@@ -387,15 +392,15 @@ assert 0.0 <= acc <= 1.0 and len(texts) == n_eval
 # %% [markdown]
 # What the numbers say (cpu scale, the quickstart model, measured on 2 CPU cores): the model
 # has learnt the **form** of a grounding answer (every answer has the phrase and a
-# four-number box that parses), and nothing of the **content**: many boxes are not even
-# well-formed (`x2 < x1`), and IoU@0.5 is at the level of the baselines that never look at
-# the image (here 0 %). Each number is a separate token to this model, and it has not
-# learnt that the four numbers of a box must agree with each other, let alone with the
-# image. The other capabilities above fare little better: a couple of the shape questions
-# right, multi-image and video answers mostly wrong and often the same answer whatever the
-# question (`Image-2`, `up`). Chapter 15 measures all of them on the whole test split
-# against the score of always giving the most common answer. Grounding is the hardest of
-# them: in the report it needs dedicated data (RefCOCO, Objects365 boxes) and large models.
+# four-number box that parses, and all 80 boxes are well-formed, with about the right
+# width), and almost nothing of the **content**: IoU@0.5 is 1.2 %, between the two
+# baselines that never look at the image (0 % and 2.5 %). Each number is a separate token
+# to this model, and putting four of them where the shape is has to be learnt from 800
+# training boxes. The other capabilities fare better: half of the shape questions above
+# right, four of six multi-image questions, but video answers are mostly `up` whatever the
+# clip. Chapter 15 measures all of them on the whole test split against the score of
+# always giving the most common answer. Grounding is the hardest of them: in the report it
+# needs dedicated data (RefCOCO, Objects365 boxes) and large models.
 #
 # ## The real model (gpu scale)
 #
@@ -435,15 +440,16 @@ else:
 #
 # - `chat()` = tiles -> `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>` in the
 #   `internvl2_5` template -> `generate` with the KV cache, stopping at `<|im_end|>`.
-#   Image tokens are most of a prompt (two thirds of the one-image question above, with 5
-#   tiles of 16 tokens; 256 tokens per tile in InternVL 2.5 make it more).
+#   Image tokens are a large part of a prompt (28 % of the one-tile question above, 16
+#   tokens; with 256 tokens per tile and up to 13 tiles in InternVL 2.5 they are most of it).
 # - Streaming is a transformers streamer in the generation config; multi-turn chat is the
 #   history rendered into the template; several images are `Image-k: <image>` lines with
 #   `num_patches_list`; a video is `Frame-k: <image>` lines with one tile per frame.
 # - Grounding answers are text: `<ref>phrase</ref><box>[[x1, y1, x2, y2]]</box>` in 0-1000
 #   coordinates; scoring reads the first box and counts IoU >= 0.5.
-# - The cpu-scale model has learnt every answer format but little of the content: a few
-#   perception answers are right, and its boxes are no better than image-blind baselines.
+# - The cpu-scale model has learnt every answer format and some of the content: about half
+#   of the shape and multi-image answers are right, its boxes are no better than
+#   image-blind baselines.
 #
 # ## Exercises
 #
