@@ -262,9 +262,10 @@ def evaluate_suite(model, tokenizer, meta, tasks=None, per_task=None, max_num=No
 def format_table(table: dict[str, dict[str, float]]) -> str:
     """Stages as rows, tasks as columns, accuracies in percent."""
     tasks = list(next(iter(table.values())))
-    lines = [f"{'stage':<10}" + "".join(f"{t:>12}" for t in tasks)]
+    width = max(10, *(len(stage) + 1 for stage in table))
+    lines = [f"{'stage':<{width}}" + "".join(f"{t:>12}" for t in tasks)]
     for stage, row in table.items():
-        lines.append(f"{stage:<10}" + "".join(f"{row[t]:>11.1%} " for t in tasks))
+        lines.append(f"{stage:<{width}}" + "".join(f"{row[t]:>12.1%}" for t in tasks))
     return "\n".join(lines)
 
 

@@ -350,7 +350,7 @@ for name, m in adapted.items():
 #   the ViT left it where it started (1.136), and full fine-tuning first *raised* it (1.256):
 #   with so few steps and a short warm-up, updating every tower shakes the model before it
 #   helps, while LoRA's small, zero-started update is gentler. Seconds per step were the same
-#   for the three (0.066-0.067 s): at this size the adapters save no time. The accuracy
+#   for the three (0.07 s): at this size the adapters save no time. The accuracy
 #   differences (40 records per task) are within noise.
 # - **Merging** the adapters changed the logits by at most 6.7e-06, and the merged model has
 #   exactly the original parameter count, so a LoRA run can be saved as a plain model

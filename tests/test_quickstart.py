@@ -47,3 +47,13 @@ def test_build_model_does_not_share_the_workspace_llm(tmp_path):
     random_vit = build_model(ws, pretrained_vit=False)
     assert not torch.equal(random_vit.vision_model.embeddings.patch_embedding.weight,
                            ws.vit.embeddings.patch_embedding.weight)
+
+
+def test_format_table_aligns_long_stage_names():
+    from minivl.quickstart import format_table
+
+    table = {"before": {"shape_qa": 0.275, "all": 0.1}, "after stage 1": {"shape_qa": 0.5, "all": 0.25}}
+    lines = format_table(table).splitlines()
+    assert len({len(line) for line in lines}) == 1  # every column lines up
+    assert lines[2].startswith("after stage 1 ") and lines[2].endswith("25.0%")
+    assert lines[1].split() == ["before", "27.5%", "10.0%"]
