@@ -193,6 +193,39 @@ def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress
     return train_packed(ws, model, stage, output_dir=output_dir, progress=progress)
 
 
+def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, cache: str | Path,
+                       progress: bool = False):
+    """:func:`train_stage`, or its result loaded from ``cache`` when a run of the same stage,
+    steps and learning rate on a model of the same shape saved it there (chapters 10-12 use
+    this so that a second run of a chapter takes seconds).
+
+    Returns ``(model, record)``: the trained (or loaded) model with packed attention on, and
+    ``{"stage", "steps", "lr", "seconds", "history", "loaded"}``.
+    """
+    from minivl.model import MiniVL
+    from minivl.train.attention import enable_packed_attention
+
+    cache = Path(cache)
+    key = {"stage": name, "steps": steps, "lr": lr}
+    path = cache / "history.json"
+    if path.exists() and (cache / "model" / "config.json").exists():
+        record = json.loads(path.read_text())
+        saved = json.loads((cache / "model" / "config.json").read_text())
+        same_shape = (saved.get("llm", {}).get("hidden_size") == model.config.llm["hidden_size"]
+                      and saved.get("llm", {}).get("vocab_size") == model.config.llm["vocab_size"]
+                      and saved.get("vision", {}).get("hidden_size") == model.config.vision.hidden_size)
+        if same_shape and all(record.get(k) == v for k, v in key.items()):
+            model = MiniVL.from_pretrained(cache / "model")
+            enable_packed_attention(model.language_model)
+            return model, {**record, "loaded": True}
+    start = time.perf_counter()
+    result = train_stage(ws, model, name, steps, lr, progress=progress)
+    record = {**key, "seconds": time.perf_counter() - start, "history": result.history}
+    model.save_pretrained(cache / "model", tokenizer=ws.tokenizer)
+    path.write_text(json.dumps(record))
+    return model, {**record, "loaded": False}
+
+
 def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None,
                    recipe: Recipe | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the pipeline at ``scale`` (default ``$MINIVL_SCALE`` or ``cpu``), writing under ``out``.

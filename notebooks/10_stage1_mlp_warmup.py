@@ -370,32 +370,19 @@ print("majority answer: " + ", ".join(f"{t} {v:.1%}" for t, v in baseline.items(
 # %% [markdown]
 # The quickstart recipe gives stage 1 a couple of hundred steps at 2e-3; we give it 400. A
 # checkpoint of the result is kept in the chapter cache for chapters 11 and 12 (and reused,
-# with its log, when it is already there). On 2 idle cores the 400 steps took 21 s
+# with its log, when it is already there). On 2 idle cores the 400 steps took about 20 s
 # (0.05 s per packed row).
 
 # %%
 import time
 
-from minivl.quickstart import train_stage
+from minivl.quickstart import train_stage_cached
 
 STEPS, LR = pick(smoke=3, cpu=400, gpu=1000), 2e-3
-saved = CACHE / "ch10_stage1"
-if (saved / "history.json").exists() and json.loads((saved / "history.json").read_text())["steps"] == STEPS:
-    from minivl.model import MiniVL
-    from minivl.train.attention import enable_packed_attention
-
-    model = MiniVL.from_pretrained(saved / "model")
-    enable_packed_attention(model.language_model)
-    record = json.loads((saved / "history.json").read_text())
-    print(f"loaded the cached stage-1 model ({record['steps']} steps, trained in {record['seconds']:.0f} s)")
-else:
-    t0 = time.perf_counter()
-    stage1 = train_stage(ws, model, "stage1", STEPS, LR, progress=False)
-    record = {"steps": STEPS, "lr": LR, "seconds": time.perf_counter() - t0, "history": stage1.history}
-    model.save_pretrained(saved / "model", tokenizer=ws.tokenizer)
-    (saved / "history.json").write_text(json.dumps(record))
-    print(f"stage 1: {STEPS} steps in {record['seconds']:.0f} s "
-          f"({record['seconds'] / STEPS:.2f} s per packed row of {ws.recipe.max_packed_tokens} tokens)")
+model, record = train_stage_cached(ws, model, "stage1", STEPS, LR, CACHE / "ch10_stage1")
+print(f"{'loaded the cached' if record['loaded'] else 'trained the'} stage-1 model: {STEPS} steps in "
+      f"{record['seconds']:.0f} s ({record['seconds'] / STEPS:.2f} s per packed row of "
+      f"{ws.recipe.max_packed_tokens} tokens)")
 history = record["history"]
 assert len(history) == STEPS and all(math.isfinite(r["loss"]) for r in history)
 

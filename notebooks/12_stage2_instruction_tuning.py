@@ -186,22 +186,13 @@ print("majority answer: " + ", ".join(f"{t} {v:.1%}" for t, v in baseline.items(
 # drop path in a 2-layer ViT. The result is cached.
 
 # %%
+from minivl.quickstart import train_stage_cached
 from minivl.train.report import plot_losses
 
 STEPS, LR = pick(smoke=3, cpu=1000, gpu=2000), 2e-3
-saved = CACHE / "ch12_stage2"
-if compatible(saved / "model") and (saved / "history.json").exists() \
-        and json.loads((saved / "history.json").read_text())["steps"] == STEPS:
-    model = load(saved / "model")
-    record = json.loads((saved / "history.json").read_text())
-    print(f"loaded the cached stage-2 model ({STEPS} steps, trained in {record['seconds']:.0f} s)")
-else:
-    t0 = time.perf_counter()
-    stage2 = train_stage(ws, model, "stage2", STEPS, LR, progress=False)
-    record = {"steps": STEPS, "lr": LR, "seconds": time.perf_counter() - t0, "history": stage2.history}
-    model.save_pretrained(saved / "model", tokenizer=ws.tokenizer)
-    (saved / "history.json").write_text(json.dumps(record))
-    print(f"stage 2: {STEPS} steps in {record['seconds']:.0f} s ({record['seconds'] / STEPS:.2f} s per step)")
+model, record = train_stage_cached(ws, model, "stage2", STEPS, LR, CACHE / "ch12_stage2")
+print(f"{'loaded the cached' if record['loaded'] else 'trained the'} stage-2 model: {STEPS} steps in "
+      f"{record['seconds']:.0f} s ({record['seconds'] / STEPS:.2f} s per step)")
 history = record["history"]
 assert len(history) == STEPS and all(math.isfinite(r["loss"]) for r in history)
 plot_losses({"stage 2 (everything)": history}, window=max(1, STEPS // 20), title="stage 2 training loss")

@@ -57,3 +57,19 @@ def test_format_table_aligns_long_stage_names():
     assert len({len(line) for line in lines}) == 1  # every column lines up
     assert lines[2].startswith("after stage 1 ") and lines[2].endswith("25.0%")
     assert lines[1].split() == ["before", "27.5%", "10.0%"]
+
+
+def test_train_stage_cached_trains_once_then_loads(tmp_path):
+    import torch
+
+    from minivl.quickstart import build_model, prepare, train_stage_cached
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    trained, record = train_stage_cached(ws, build_model(ws), "stage1", 2, 2e-3, tmp_path / "c")
+    assert not record["loaded"] and len(record["history"]) == 2
+    loaded, again = train_stage_cached(ws, build_model(ws), "stage1", 2, 2e-3, tmp_path / "c")
+    assert again["loaded"] and again["history"] == record["history"]
+    for k, v in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    _, other = train_stage_cached(ws, build_model(ws), "stage1", 2, 1e-3, tmp_path / "c")  # another lr: retrain
+    assert not other["loaded"]
