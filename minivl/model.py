@@ -41,6 +41,17 @@ _LLM_CONFIG_DROP = (
 )
 
 
+def tokenize_left_padded(tokenizer: Any, texts: list[str]) -> Any:
+    """Tokenize a batch of prompts padded on the left (so every prompt ends where generation
+    starts), leaving the tokenizer's own ``padding_side`` as it was."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+
+
 def build_language_model(llm: dict[str, Any], attn_implementation: str = "sdpa") -> nn.Module:
     """A randomly initialised transformers causal LM from a config dict (``model_type`` required).
 
@@ -390,12 +401,7 @@ class MiniVL(nn.Module):
             patches = list(num_patches_list[start:start + count])
             start += count
             queries.append(self.expand_image_placeholders(self.build_chat_prompt(question, None, system_message), patches))
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            inputs = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tokenizer.padding_side = side
+        inputs = tokenize_left_padded(tokenizer, queries)
         config = dict(generation_config)
         config["eos_token_id"] = self._stop_token_id(tokenizer)
         config.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None

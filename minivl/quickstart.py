@@ -93,6 +93,18 @@ class Workspace:
     vit: Any = None
     vit_info: dict[str, Any] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """Two lines for a chapter: the suite, tokenizer and LLM; the ViT warm start's
+        held-out cell accuracy against an untrained ViT."""
+        lines = [f"suite: {len(json.loads(Path(self.train_meta).read_text()))} training data sets; "
+                 f"tokenizer: {len(self.tokenizer)} tokens; LLM: {self.llm_info['parameters']:,} parameters"]
+        if self.vit_info:
+            held, chance = self.vit_info["held_out"], self.vit_info["chance"]
+            lines.append(f"ViT warm start: {len(self.vit_info['losses'])} steps; held-out cells right "
+                         f"{held['cell']:.1%} (untrained {chance['cell']:.1%}): colour {held['colour']:.1%}, "
+                         f"kind {held['kind']:.1%}, empty or not {held['occupied']:.1%}")
+        return "\n".join(lines)
+
 
 def vision_config(recipe: Recipe):
     """The recipe's InternViT: 112 px tiles, ``vision_width`` wide, ``vision_layers`` deep."""

@@ -119,7 +119,6 @@ assert rows[0]["lr"] == 2e-4 and rows[0]["trains"] == "mlp1" and rows[1]["lr"] =
 import contextlib
 import copy
 import io
-import json
 
 from minivl.quickstart import build_model, prepare
 from minivl.scale import cache_dir, get_scale, pick
@@ -128,12 +127,7 @@ SCALE = get_scale()
 CACHE = cache_dir("chapters", SCALE)
 with contextlib.redirect_stdout(io.StringIO()):  # prepare() also prints where its cache lives
     ws = prepare(CACHE, SCALE, progress=False)
-print(f"suite: {len(json.loads(ws.train_meta.read_text()))} training data sets; "
-      f"tokenizer: {len(ws.tokenizer)} tokens; LLM: {ws.llm_info['parameters']:,} parameters")
-held, chance = ws.vit_info["held_out"], ws.vit_info["chance"]
-print(f"ViT warm start: {len(ws.vit_info['losses'])} steps; held-out cells right {held['cell']:.1%} "
-      f"(untrained {chance['cell']:.1%}): colour {held['colour']:.1%}, kind {held['kind']:.1%}, "
-      f"empty or not {held['occupied']:.1%}")
+print(ws.describe())
 model = build_model(ws, language_model=copy.deepcopy(ws.llm))
 for tower, n in model.trainable_parameter_summary().items():
     print(f"{tower:>9}: {n['total']:>9,} parameters")

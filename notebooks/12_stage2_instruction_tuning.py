@@ -122,8 +122,7 @@ SCALE = get_scale()
 CACHE = cache_dir("chapters", SCALE)
 with contextlib.redirect_stdout(io.StringIO()):  # prepare() also prints where its cache lives
     ws = prepare(CACHE, SCALE, progress=False)
-print(f"suite: {len(json.loads(ws.train_meta.read_text()))} training data sets; "
-      f"tokenizer: {len(ws.tokenizer)} tokens; LLM: {ws.llm_info['parameters']:,} parameters")
+print(ws.describe())
 
 
 def load(path):

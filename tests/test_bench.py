@@ -191,17 +191,9 @@ def test_item_pixels_tiles_each_image_and_upscales_the_first():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from minivl.config import MiniVLConfig
-    from minivl.model import MiniVL
-    from minivl.text.tokenizer import train_tokenizer
+    from tests._tiny_model import tiny_model_and_tokenizer
 
-    tok = train_tokenizer(vocab_size=300)
-    torch.manual_seed(0)
-    model = MiniVL(MiniVLConfig.smoke(vocab_size=300, image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>")))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval(), tok
+    return tiny_model_and_tokenizer()
 
 
 def test_minivl_runner_matches_batch_chat_and_counts_tokens(tiny):

@@ -52,16 +52,9 @@ def test_draw_boxes_outlines_labels_and_colours():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from minivl.config import MiniVLConfig
-    from minivl.model import MiniVL
-    from minivl.text.tokenizer import train_tokenizer
+    from tests._tiny_model import tiny_model_and_tokenizer
 
-    tok = train_tokenizer(vocab_size=300)
-    torch.manual_seed(0)
-    model = MiniVL(MiniVLConfig.smoke(vocab_size=300, image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>")))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model, tok = tiny_model_and_tokenizer()
     folder = tmp_path_factory.mktemp("ckpt")
     model.save_pretrained(folder, tokenizer=tok)
     images = []

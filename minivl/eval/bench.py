@@ -39,9 +39,9 @@ from typing import Any, Protocol
 from minivl.eval.benchmarks import EvalItem
 from minivl.eval.extract import extract_choice, extract_open, normalize_answer
 from minivl.eval.metrics import (
-    BOX_PATTERN,
     anls,
     box_iou,
+    box_numbers,
     exact_match,
     parse_box,
     relaxed_correctness,
@@ -160,14 +160,8 @@ def extract_item_answer(item: EvalItem, response: str) -> str | None:
     if item.metric == "choice":
         return extract_choice(response, item.options or []).answer
     if item.metric == "iou@0.5":
-        match = BOX_PATTERN.search(response)
-        if match is None:
-            return None
-        try:
-            values = [float(v) for v in match.groups()]
-        except ValueError:
-            return None
-        return "[[" + ", ".join(f"{v:g}" for v in values) + "]]"
+        values = box_numbers(response)
+        return None if values is None else "[[" + ", ".join(f"{v:g}" for v in values) + "]]"
     return extract_open(response).answer
 
 
@@ -382,6 +376,7 @@ class MiniVLRunner:
         """``num_samples`` :class:`Generation` per item (see :class:`Runner`)."""
         import torch
 
+        from minivl.model import tokenize_left_padded
         from minivl.text.template import get_template
         from minivl.text.tokenizer import token_id
 
@@ -397,12 +392,7 @@ class MiniVLRunner:
                                  f"{len(patches)} images")
             queries.append(model.expand_image_placeholders(model.build_chat_prompt(prompt, None, self.system_message),
                                                            patches))
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            inputs = tok(queries, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
+        inputs = tokenize_left_padded(tok, queries)
         stop = token_id(tok, get_template(model.config.template).stop_token)
         config: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "eos_token_id": stop,
                                   "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stop,

@@ -146,6 +146,18 @@ def anls(prediction: str | None, golds: str | Sequence[str], threshold: float = 
 BOX_PATTERN = re.compile(r"\[*\[(.*?),(.*?),(.*?),(.*?)\]\]*")
 
 
+def box_numbers(text: str) -> list[float] | None:
+    """The four numbers of the first ``[[x1, y1, x2, y2]]`` in ``text`` (InternVL's pattern),
+    or ``None`` when there is no match or a field is not a number."""
+    match = BOX_PATTERN.search(text)
+    if match is None:
+        return None
+    try:
+        return [float(v) for v in match.groups()]
+    except ValueError:
+        return None
+
+
 def parse_box(text: str, width: float, height: float) -> tuple[float, float, float, float] | None:
     """Read the first box in ``text`` and return it in pixels ``(x1, y1, x2, y2)``.
 
@@ -156,12 +168,8 @@ def parse_box(text: str, width: float, height: float) -> tuple[float, float, flo
 
     Explained in chapter 14 (``notebooks/14_inference_and_grounding.ipynb``).
     """
-    match = BOX_PATTERN.search(text)
-    if match is None:
-        return None
-    try:
-        values = [float(v) for v in match.groups()]
-    except ValueError:
+    values = box_numbers(text)
+    if values is None:
         return None
     if sum(values) >= 4:
         values = [v / 1000 for v in values]
