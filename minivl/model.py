@@ -69,6 +69,37 @@ def build_language_model(llm: dict[str, Any], attn_implementation: str = "sdpa")
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
+def supervised_positions_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    keep: torch.Tensor,
+    loss_weight: torch.Tensor | None = None,
+    denominator: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """The loss of :func:`causal_lm_loss` (or, with ``loss_weight``, of
+    :func:`minivl.train.loss.weighted_causal_lm_loss`) from the logits of the kept positions only.
+
+    ``logits`` (K, V) are the rows of the positions where ``keep`` (B, L) is true, in row-major
+    order; ``keep[:, t]`` marks that ``labels[:, t + 1]`` is supervised.
+
+    Explained in chapter 9 (notebooks/09_loss_reweighting.ipynb).
+    """
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise ValueError(f"expected ({int(keep.sum())}, V) logits for the kept positions, got {tuple(logits.shape)}")
+    shifted = torch.zeros_like(keep)  # (B, L): True at t + 1 where keep[t]
+    shifted[:, 1:] = keep[:, :-1]
+    targets = labels.to(logits.device)[shifted]  # (K,)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (K,)
+    if loss_weight is None:
+        return ce.sum() / max(ce.numel(), 1)
+    w = loss_weight.to(logits.device, torch.float32)
+    numerator = (w[shifted] * ce).sum()
+    if denominator is None:
+        denominator = w[:, 1:].sum()
+    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=logits.device)
+    return numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token cross-entropy over the labels that are not ``ignore_index``.
 
@@ -187,6 +218,14 @@ class MiniVL(nn.Module):
             embeds = embeds + 0.0 * all_tiles.sum()
         return embeds
 
+    def _llm_keeps_logits(self) -> bool:
+        """Whether the LLM's forward takes transformers' ``logits_to_keep`` (every transformers
+        causal LM of v4.50+ does; remote-code models may not)."""
+        import inspect
+
+        base = self.language_model.get_base_model() if hasattr(self.language_model, "get_base_model") else self.language_model
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -199,6 +238,7 @@ class MiniVL(nn.Module):
         loss_denominator: torch.Tensor | float | None = None,
         cache: Any = None,
         use_cache: bool | None = None,
+        supervised_logits_only: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Logits (B, L, V) and, with ``labels``, the loss; returns a transformers
@@ -212,6 +252,12 @@ class MiniVL(nn.Module):
         unless a KV ``cache`` is given (training never needs the cache, and a cache
         disables transformers' packed-row detection).
 
+        ``supervised_logits_only=True`` (with ``labels``; the trainer's setting) projects onto
+        the vocabulary only the positions whose next label is supervised: the loss is the same
+        number, but the (B, L, V) logits are never built, which on a real InternVL (V = 151,674,
+        most positions image or prompt tokens) is most of the activation memory of the LM head.
+        ``.logits`` is then (K, V), one row per supervised position in row-major order.
+
         Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
         """
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -221,6 +267,12 @@ class MiniVL(nn.Module):
             cache = kwargs.pop("past_key_values", None)  # the transformers 4.x name
         if use_cache is None:
             use_cache = cache is not None
+        keep = None
+        if supervised_logits_only and labels is not None and self._llm_keeps_logits():
+            # position t predicts labels[t+1]: keep the t whose next label is supervised
+            keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, L)
+            keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+            kwargs["logits_to_keep"] = keep
         out = self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -231,7 +283,9 @@ class MiniVL(nn.Module):
         )
         logits = out.logits
         loss = None
-        if labels is not None:
+        if keep is not None:
+            loss = supervised_positions_loss(logits, labels, keep, loss_weight, loss_denominator)
+        elif labels is not None:
             if loss_weight is not None:
                 from minivl.train.loss import weighted_causal_lm_loss
 
@@ -526,4 +580,4 @@ def count_parameters(config: MiniVLConfig) -> dict[str, int]:
     return counts
 
 
-__all__ = ["IGNORE_INDEX", "MiniVL", "build_language_model", "causal_lm_loss", "count_parameters"]
+__all__ = ["IGNORE_INDEX", "MiniVL", "build_language_model", "causal_lm_loss", "count_parameters", "supervised_positions_loss"]

@@ -204,6 +204,36 @@ print(f"|g_naive - g_big| = {(g_naive - g_big).abs().max().item():.2e}")
 assert torch.allclose(g_exact, g_big, atol=1e-6) and not torch.allclose(g_naive, g_big, atol=1e-3)
 
 # %% [markdown]
+# ## Only supervised positions reach the vocabulary
+#
+# The loss reads the logits only where the next label is supervised, yet a causal LM head
+# computes them everywhere: a (L, V) tensor. For InternVL2.5-1B (V = 151,674) and a packed row
+# of 16,384 tokens that is 2.5 G numbers, about 10 GB in float32 for the cross-entropy, plus
+# its gradient, while most positions are image and prompt tokens whose logits nobody reads.
+# `MiniVL.forward(..., supervised_logits_only=True)`, which the trainer uses, hands
+# transformers' `logits_to_keep` a boolean mask of the supervised positions: the LM head
+# projects only those rows and `supervised_positions_loss` gives the same number as the full
+# loss (a unit test compares losses and gradients for both the plain and the weighted loss).
+
+# %%
+from minivl.config import MiniVLConfig
+from minivl.model import MiniVL
+
+torch.manual_seed(0)
+vlm = MiniVL(MiniVLConfig.smoke(vocab_size=300)).train()
+ids = torch.randint(10, 250, (1, 64), generator=torch.Generator().manual_seed(1))
+labels = ids.clone()
+labels[:, :48] = -100  # a 48-token prompt, a 16-token answer
+w = token_loss_weights(labels, "square")
+full = vlm(input_ids=ids, labels=labels, loss_weight=w)
+kept = vlm(input_ids=ids, labels=labels, loss_weight=w, supervised_logits_only=True)
+print(f"all positions:        logits {tuple(full.logits.shape)}, loss {full.loss.item():.6f}")
+print(f"supervised positions: logits {tuple(kept.logits.shape)}, loss {kept.loss.item():.6f}")
+assert abs(full.loss.item() - kept.loss.item()) < 1e-5
+V, L = 151_674, 16_384
+print(f"InternVL2.5-1B, one {L:,}-token row: full float32 logits {L * V * 4 / 1e9:.1f} GB")
+
+# %% [markdown]
 # ## A toy task: one-token and thirty-token answers
 #
 # To see what the weighting does to learning, we need answers of very different lengths that

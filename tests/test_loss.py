@@ -224,3 +224,38 @@ def test_two_rank_gloo_equals_global_weighted_mean():
         assert res["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
         for g, r in zip(res["grads"], grads(model)):
             assert torch.allclose(g, r, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_supervised_logits_only_gives_the_same_loss_and_gradients(weighted):
+    """The trainer projects only supervised positions onto the vocabulary; loss and gradients
+    must equal the full-logits path (plain mean and InternVL's weighted loss, two rows)."""
+    from tests._tiny_model import tiny_model_and_tokenizer
+
+    model, tok = tiny_model_and_tokenizer()
+    model.train()
+    img = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    n_img = model.num_image_token
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(10, 250, (2, 40), generator=gen)
+    ids[0, 3:3 + n_img] = img  # one tile in row 0
+    labels = ids.clone()
+    labels[:, :20] = -100  # prompt and image: not supervised
+    labels[1, 30:34] = -100
+    pixels = torch.randn(1, 3, model.config.vision.image_size, model.config.vision.image_size, generator=gen)
+    kwargs = {"input_ids": ids, "pixel_values": pixels, "image_flags": torch.ones(1, dtype=torch.long), "labels": labels}
+    if weighted:
+        kwargs["loss_weight"] = token_loss_weights(labels, "square")
+        kwargs["loss_denominator"] = torch.tensor(7.5)
+    results = []
+    for only in (False, True):
+        model.zero_grad()
+        out = model(**kwargs, supervised_logits_only=only)
+        out.loss.backward()
+        results.append((out.loss.detach(), out.logits.shape, grads(model)))
+    (full, full_shape, g_full), (kept, kept_shape, g_kept) = results
+    assert full_shape == (2, 40, model.config.llm["vocab_size"])
+    assert kept_shape == (int((labels[:, 1:] != -100).sum()), model.config.llm["vocab_size"])
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g_kept, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -76,6 +76,13 @@ def test_evaluate_suite_counts_every_record(tmp_path):
     for task in ("shape_qa", "video", "multi_image"):
         assert out["tasks"][task].n == 2 and out[task] == pytest.approx(0.5)
     assert out["all"] == pytest.approx(0.5)
+    # shape_qa per question type: the first record (answered wrong) scores 0 in its type
+    records = read_meta(meta)["shape_qa"].read_records()[0]
+    types = [r.extra["meta"]["question_type"] for r in records]
+    by_type = out["tasks"]["shape_qa"].by_type
+    assert sum(n for _, n in by_type.values()) == 2
+    assert by_type[types[0]][0] == pytest.approx(0.0 if types[0] != types[1] else 0.5)
+    assert sum(n for _, n in out["tasks"]["video"].by_type.values()) == 2  # video names its types too
     with pytest.raises(KeyError, match="cannot score tasks \\['caption'\\]"):
         evaluate_suite(Oracle(gold), None, meta, tasks=["caption"])
     base = majority_baseline(meta, tasks=["shape_qa"])

@@ -41,6 +41,9 @@ class TaskScore:
     n: int
     unparseable: int = 0
     examples: list[tuple[str, str]] = field(default_factory=list)
+    # records whose meta names a ``question_type`` (shape_qa: count / colour / position):
+    # type -> (mean score, number of records)
+    by_type: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
@@ -109,6 +112,7 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
         m = metas[task]
         records = m.read_records(strict=False)[0][: per_task or None]
         total, unparseable, examples = 0.0, 0, []
+        type_sums: dict[str, list[float]] = defaultdict(list)
         for start in tqdm(range(0, len(records), batch_size), desc=f"eval {task}", disable=not progress):
             chunk = records[start:start + batch_size]
             pixels, patches, counts, questions = [], [], [], []
@@ -126,9 +130,14 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
                 s, ok = score_answer(task, a, r)
                 total += s
                 unparseable += not ok
+                qtype = r.extra.get("meta", {}).get("question_type")
+                if qtype is not None:
+                    type_sums[qtype].append(s)
                 if len(examples) < 3:
                     examples.append((a, r.conversations[-1]["value"]))
-        results[task] = TaskScore(task, METRIC[task], total / max(1, len(records)), len(records), unparseable, examples)
+        by_type = {t: (sum(v) / len(v), len(v)) for t, v in sorted(type_sums.items())}
+        results[task] = TaskScore(task, METRIC[task], total / max(1, len(records)), len(records), unparseable, examples,
+                                  by_type)
     model.train(was_training)
     out: dict[str, Any] = {t: r.score for t, r in results.items()}
     out["all"] = sum(r.score for r in results.values()) / len(results)

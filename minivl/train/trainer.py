@@ -284,7 +284,9 @@ def train(
             inputs = {k: v for k, v in batch.items() if k not in _NON_MODEL_KEYS}
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else _nullcontext()
             with sync, accelerator.autocast():
-                loss = model(**inputs, labels=batch["labels"], loss_weight=w, loss_denominator=denominator).loss
+                # logits only where a label is supervised: the same loss without the (L, V) tensor
+                loss = model(**inputs, labels=batch["labels"], loss_weight=w, loss_denominator=denominator,
+                             supervised_logits_only=True).loss
             accelerator.backward(loss)
             total_loss += loss.item()
             tokens += int(batch["input_ids"].numel())
