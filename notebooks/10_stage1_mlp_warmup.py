@@ -450,10 +450,10 @@ for label, row in vit_rows.items():
 
 # %% [markdown]
 # What the numbers say (cpu scale, the committed run, one seed each): from the random ViT,
-# 1000 steps of stage 2 leave shape_qa at 30.0 %, and blanking the images changes its
-# held-out answer loss by +0.000: the model answers from the question alone, the plateau.
-# From the warm-started ViT, the same 1000 steps reach 46.2 %, with a lower answer loss
-# (0.52 against 0.64), and blanking the images now costs +0.53: the model looks. The warm
+# 1000 steps of stage 2 leave shape_qa at 29.0 %, and blanking the images changes its
+# held-out answer loss by +0.002: the model answers from the question alone, the plateau.
+# From the warm-started ViT, the same 1000 steps reach 44.2 %, with a lower answer loss
+# (0.53 against 0.64), and blanking the images now costs +0.75: the model looks. The warm
 # start took 1800 steps of batch 64 (about a minute) and never saw a suite image. This is
 # why minivl warm-starts the ViT as it warm-starts the LLM, and why the quickstart trains
 # the ViT at a tenth of the LLM's learning rate in stages 1.5 and 2 (at the same rate, the
@@ -479,7 +479,7 @@ if SCALE != "smoke":
 #   stopped-and-resumed curve equals the uninterrupted one.
 # - At cpu scale stage 1 lowers the held-out loss where the answer format was new but does
 #   not teach the tiny model to look. With a random ViT even stage 2 does not (images ignored,
-#   30 % on shape_qa); with the warm-started ViT the same run reaches 46 % and depends on its
+#   29 % on shape_qa); with the warm-started ViT the same run reaches 44 % and depends on its
 #   images, which is why InternVL starts from a pretrained InternViT and minivl from a
 #   warm-started one.
 #

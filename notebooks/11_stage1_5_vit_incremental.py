@@ -336,11 +336,11 @@ assert b["flops"] < c["flops"] and b_paid["flops"] == b["flops"] + rows["(a) LLM
 #
 # Measured on 2 idle CPU cores at `cpu` scale: LLM-S with 0.52M parameters, LLM-L with
 # 3.4M, a ViT 64 wide x 4 layers, 100 stage-1 steps and 200 stage-1.5 steps of 1,024-token
-# packed rows, and 60 test questions per task. The whole experiment took 91 s.
+# packed rows, and 60 test questions per task. The whole experiment took 90 s.
 #
 # **The compute accounting is clear-cut.** A row of these runs costs about 15.3 GFLOPs in
 # stage 1 on LLM-L and 16.3 in stage 1.5, against 3.0 and 4.1 on LLM-S. Run (b) spent 1.53
-# TFLOPs (14 s) on LLM-L. Run (c) spent 4.79 TFLOPs (44 s), so (b) used 32% of (c)'s
+# TFLOPs (14 s) on LLM-L. Run (c) spent 4.79 TFLOPs (45 s), so (b) used 32% of (c)'s
 # compute. Counting the 1.12 TFLOPs of run (a) that produced its ViT, (b) used 2.65
 # TFLOPs, 55% of (c). That is because the stage 1.5 of (a) ran on an LLM 6.5 times smaller.
 #

@@ -189,12 +189,12 @@ for name in ("shape_qa", "reasoning"):
 # %% [markdown]
 # Read the bars against the grey ones. At `cpu` scale (the quickstart model, measured on 2
 # CPU cores; the table holds this run's numbers) the model is well above the
-# most-common-answer baseline on `shape_qa` (50.7 % against 22.9 %: colours, counts,
-# positions), on `chart` (15.0 % against 6.2 %) and on `multi_image` (38.0 % against
-# 27.2 %), only a little above it on `video` (35.0 % against 31.8 %), below it on
-# `small_text` (it cannot read 9-pixel text) and `reasoning` (27.5 % against a 30 % most
+# most-common-answer baseline on `shape_qa` (49.5 % against 22.9 %: mostly counts; colour
+# questions are near chance), on `chart` (15.0 % against 6.2 %) and on `video` (40.0 %
+# against 31.8 %), a little above it on `multi_image` (32.0 % against 27.2 %), below it on
+# `small_text` (it cannot read 9-pixel text) and `reasoning` (26.2 % against a 30 % most
 # common letter; scored over both variants, direct and CoT), and near zero on `grounding`
-# (chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
+# (3.8 %, chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
 #
@@ -337,16 +337,17 @@ plt.show()
 # ### Does voting beat greedy CoT here?
 #
 # Measured at `cpu` scale (the quickstart model, 40 questions, 2 CPU cores; the table above
-# holds the numbers of this run): **no reliable gain**. Greedy CoT scores the same as the
-# direct answer (27.5 %). maj@3 and maj@5 are one question above greedy CoT (30 %) and maj@9
-# falls below it (22.5 %), while pass@k climbs to 80 %: the right letter is among the nine
-# chains for most questions, but it is not the one the model samples most often. One
-# sampled chain alone is below chance (about 22 %): at temperature 0.7 this small model's
-# counts drift, and its chains are not even faithful to themselves (chain 1 above computes
-# 4 - 1 = 3, says "option D" and then boxes B). The vote pools samples that are each no
-# better than a guess, and the figure at the top of the chapter says what voting does then:
-# nothing good. With 40 questions the standard error is about 7 points, so no difference in
-# this table is significant on its own; what is robust is the gap between pass@k and maj@k.
+# holds the numbers of this run): **no gain**. Greedy CoT scores below the direct answer
+# (22.5 % against 30.0 %). maj@3 is one question above greedy CoT (25 %), maj@5 and maj@9
+# fall below it (20 % and 17.5 %), while pass@k climbs to 85 %: the right letter is among
+# the nine chains for most questions, but it is not the one the model samples most often.
+# One sampled chain alone is below chance (about 22 %): at temperature 0.7 this small
+# model's counts drift, and its chains are not even faithful to themselves (chain 1 above
+# counts 6 shapes, computes 5 - 1 = 4, names "option D" and then boxes B). The vote pools
+# samples that are each no better than a guess, and the figure at the top of the chapter
+# says what voting does then: nothing good. With 40 questions the standard error is about 7
+# points, so no difference in this table is significant on its own; what is robust is the
+# gap between pass@k and maj@k.
 #
 # This matches what the report and its readers found. The +3.7 points from CoT are for
 # InternVL2.5-78B; for the smaller models the report gives no CoT split, and users of
@@ -404,8 +405,9 @@ else:
 #   reads the first box in 0-1000 coordinates.
 # - The quickstart model beats the most-common-answer baseline on the perception tasks and
 #   not on reading or grounding.
-# - Test-time scaling: greedy CoT scores the same as the direct answer here; majority voting brings no reliable gain, because a single sampled chain is no
-#   better than chance. Voting sharpens whatever answer is likeliest, right or wrong. pass@k shows the right answer is often
+# - Test-time scaling: greedy CoT scores no better than the direct answer here, and majority
+#   voting brings no gain, because a single sampled chain is no better than chance. Voting
+#   sharpens whatever answer is likeliest, right or wrong. pass@k shows the right answer is often
 #   among the samples, which is what a verifier (a reward model picking the best chain, as
 #   in VisualPRM's Best-of-N for InternVL 2.5) could exploit and a vote cannot.
 #

@@ -1,0 +1,119 @@
+"""Logits on every position vs on the supervised positions only: activation memory and time.
+
+One packed row of ``--tokens`` tokens, of which ``--supervised`` (a share) carry a label, goes
+through a Qwen2 LLM with InternVL2.5-1B's vocabulary (151,674 tokens) inside :class:`MiniVL`,
+forward and backward, two ways:
+
+* ``all positions`` (the baseline, ratio 1.00): the LM head projects every position onto the
+  vocabulary and the loss reads the supervised rows (what a plain causal-LM loss does);
+* ``supervised only``: ``MiniVL.forward(..., supervised_logits_only=True)``, what minivl's
+  trainer runs: transformers' ``logits_to_keep`` gets a boolean mask of the supervised
+  positions and only those rows are projected.
+
+Memory is the bytes autograd saves for the backward pass (every tensor that a
+``saved_tensors_hooks`` pack sees, counted once per storage), which is where the (L, V) logits
+live during training; time is the fastest forward + backward of ``--reps`` interleaved rounds,
+in the same process. The two losses are printed too: they must agree. Run::
+
+    MINIVL_SCALE=cpu python benchmarks/supervised_logits.py --threads 2
+
+Explained in chapter 9 (notebooks/09_loss_reweighting.ipynb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from minivl.scale import default_device, default_dtype, pick, print_environment
+
+VOCAB_1B = 151_674  # InternVL2.5-1B's LLM (Qwen2.5-0.5B-Instruct) vocabulary
+
+
+def build_model(vocab: int, hidden: int, layers: int, device: str, dtype: torch.dtype):
+    """A MiniVL whose LLM is a small Qwen2 with ``vocab`` tokens (the ViT is never called)."""
+    from minivl.config import MiniVLConfig
+    from minivl.model import MiniVL
+
+    torch.manual_seed(0)
+    config = MiniVLConfig.smoke(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                num_hidden_layers=layers)
+    return MiniVL(config).to(device=device, dtype=dtype).train()
+
+
+def saved_bytes(step) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``step()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def run(tokens: int, supervised: float, vocab: int, hidden: int, layers: int, reps: int, device: str,
+        dtype: torch.dtype) -> dict[str, dict[str, float]]:
+    model = build_model(vocab, hidden, layers, device, dtype)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, tokens), generator=g).to(device)
+    labels = ids.clone()
+    labels[0, torch.rand(tokens, generator=g).to(device) >= supervised] = -100
+    losses: dict[str, float] = {}
+
+    def step(only: bool, name: str):
+        def go():
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=labels, supervised_logits_only=only).loss
+            loss.backward()
+            losses[name] = loss.item()
+        return go
+
+    steps = {"all positions": step(False, "all positions"), "supervised only": step(True, "supervised only")}
+    memory = {name: saved_bytes(fn) for name, fn in steps.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, fn in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"saved_bytes": memory[name], "seconds": min(times[name]), "loss": losses[name]} for name in steps}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=pick(smoke=256, cpu=2048, gpu=16384))
+    parser.add_argument("--supervised", type=float, default=0.1, help="share of positions with a label")
+    parser.add_argument("--vocab", type=int, default=pick(smoke=4096, cpu=VOCAB_1B, gpu=VOCAB_1B))
+    parser.add_argument("--hidden", type=int, default=pick(smoke=64, cpu=128, gpu=896))
+    parser.add_argument("--layers", type=int, default=pick(smoke=1, cpu=2, gpu=4))
+    parser.add_argument("--reps", type=int, default=pick(smoke=1, cpu=3, gpu=5))
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = default_dtype(args.device)
+    print_environment()
+    rows = run(args.tokens, args.supervised, args.vocab, args.hidden, args.layers, args.reps, args.device, dtype)
+    base = rows["all positions"]
+    print(f"\n{args.tokens} tokens, {args.supervised:.0%} supervised, vocabulary {args.vocab:,}, "
+          f"LLM {args.hidden} wide x {args.layers} layers, {dtype}")
+    print(f"{'':<16}{'saved for backward':>22}{'forward+backward':>22}{'loss':>10}")
+    for name, r in rows.items():
+        print(f"{name:<16}{r['saved_bytes'] / 2**20:>10.1f} MiB ({r['saved_bytes'] / base['saved_bytes']:4.2f}x)"
+              f"{r['seconds'] * 1e3:>11.1f} ms ({r['seconds'] / base['seconds']:4.2f}x){r['loss']:>10.4f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
