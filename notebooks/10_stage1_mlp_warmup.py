@@ -232,10 +232,13 @@ W = global_loss_denominator(weights)
 losses, numerator, denominator = [], 0.0, 0.0
 for b, w in zip(micro, weights):
     inputs = {k: b[k] for k in ("input_ids", "pixel_values", "position_ids", "image_flags", "cu_seqlens", "max_seqlen")}
-    out = model(**inputs, labels=b["labels"], loss_weight=w, loss_denominator=W)
+    # as train() does: only the supervised positions are projected onto the vocabulary (chapter 9)
+    out = model(**inputs, labels=b["labels"], loss_weight=w, loss_denominator=W, supervised_logits_only=True)
     out.loss.backward()  # gradients of both micro-batches accumulate in .grad
     losses.append(out.loss.item())
-    ce = shifted_cross_entropy(out.logits.detach(), b["labels"])  # (1, L-1): CE of predicting token t+1
+    with torch.no_grad():  # every position's logits (1, L, V), for the check
+        logits = model(**inputs).logits
+    ce = shifted_cross_entropy(logits, b["labels"])  # (1, L-1): CE of predicting token t+1
     numerator += float((ce * w[:, 1:]).sum())
     denominator += float(w[:, 1:].sum())
 step_loss = sum(losses)
