@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minivl.text.tokenizer import train_tokenizer
-from minivl.train.warmstart import llm_config, render_conversations, token_stream, warm_start_llm
+from minivl.train.warmstart import LLM_SIZES, llm_config, render_conversations, token_stream, warm_start_llm
 
 CONVS = [[{"from": "human", "value": f"<image>\nHow many {c} shapes are there?"},
           {"from": "gpt", "value": str(n)}] for c in ("red", "blue", "green") for n in range(1, 6)] * 8
@@ -26,7 +26,7 @@ def test_token_stream_cuts_rows():
     assert rows.shape == (total // 8, 8)
 
 
-def test_warm_start_learns_and_caches(tmp_path):
+def test_warm_start_learns_and_caches(tmp_path, monkeypatch):
     tok = train_tokenizer([t for c in CONVS for t in (c[0]["value"], c[1]["value"])], vocab_size=300)
     model, info = warm_start_llm(tok, CONVS, size="S", steps=40, seq_len=64, batch_size=8, lr=3e-3,
                                  cache=tmp_path, progress=False)
@@ -37,5 +37,11 @@ def test_warm_start_learns_and_caches(tmp_path):
     assert info2["losses"] == losses  # loaded, not retrained
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+    # a changed architecture under the same size name is retrained, not loaded from the cache
+    monkeypatch.setitem(LLM_SIZES, "S", (64, 1, 4, 2, 128))
+    other, info3 = warm_start_llm(tok, CONVS, size="S", steps=40, seq_len=64, batch_size=8, lr=3e-3,
+                                  cache=tmp_path, progress=False)
+    assert other.config.num_hidden_layers == 1 and info3["losses"] != losses
+    monkeypatch.undo()
     s, big = llm_config("S", 500), llm_config("L", 500)
     assert (s["hidden_size"], s["num_hidden_layers"]) == (128, 2) and (big["hidden_size"], big["num_hidden_layers"]) == (256, 4)
