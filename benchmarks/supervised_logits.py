@@ -10,9 +10,9 @@ forward and backward, two ways:
   trainer runs: transformers' ``logits_to_keep`` gets a boolean mask of the supervised
   positions and only those rows are projected.
 
-Memory is the bytes autograd saves for the backward pass (every tensor that a
-``saved_tensors_hooks`` pack sees, counted once per storage), which is where the (L, V) logits
-live during training; time is the fastest forward + backward of ``--reps`` interleaved rounds,
+Memory is the activation bytes autograd saves for the backward pass
+(:func:`minivl.train.measure.saved_bytes`, parameters excluded), which is where the (L, V)
+logits live during training; time is the fastest forward + backward of ``--reps`` interleaved rounds,
 in the same process. The two losses are printed too: they must agree. Run::
 
     MINIVL_SCALE=cpu python benchmarks/supervised_logits.py --threads 2
@@ -28,6 +28,7 @@ import time
 import torch
 
 from minivl.scale import default_device, default_dtype, pick, print_environment
+from minivl.train.measure import saved_bytes, storage_keys
 
 VOCAB_1B = 151_674  # InternVL2.5-1B's LLM (Qwen2.5-0.5B-Instruct) vocabulary
 
@@ -41,20 +42,6 @@ def build_model(vocab: int, hidden: int, layers: int, device: str, dtype: torch.
     config = MiniVLConfig.smoke(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                                 num_hidden_layers=layers)
     return MiniVL(config).to(device=device, dtype=dtype).train()
-
-
-def saved_bytes(step) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``step()`` runs."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(seen.values())
 
 
 def run(tokens: int, supervised: float, vocab: int, hidden: int, layers: int, reps: int, device: str,
@@ -75,7 +62,8 @@ def run(tokens: int, supervised: float, vocab: int, hidden: int, layers: int, re
         return go
 
     steps = {"all positions": step(False, "all positions"), "supervised only": step(True, "supervised only")}
-    memory = {name: saved_bytes(fn) for name, fn in steps.items()}
+    params = storage_keys(model)  # weights are not activations
+    memory = {name: saved_bytes(fn, exclude=params)[0] for name, fn in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, fn in steps.items():
