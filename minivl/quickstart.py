@@ -173,14 +173,19 @@ def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool 
     from minivl.model import MiniVL
     from minivl.text.tokenizer import image_token_id
     from minivl.train.attention import enable_packed_attention
-    from minivl.train.warmstart import llm_config
+    from minivl.train.warmstart import LLM_SIZES, llm_config
 
     r = ws.recipe
     torch.manual_seed(r.seed)
     vision = vision_config(r)
     # a copy: training or LoRA-wrapping one model must not change the workspace's LLM (or the next model)
     llm = language_model if language_model is not None else copy.deepcopy(ws.llm)
-    size = "L" if llm.config.hidden_size == llm_config("L", 1)["hidden_size"] else "S"
+    # the saved config must describe this LLM: find its size by width and depth
+    dims = (llm.config.hidden_size, llm.config.num_hidden_layers)
+    size = next((name for name, spec in LLM_SIZES.items() if spec[:2] == dims), None)
+    if size is None:
+        raise ValueError(f"language_model is {dims[0]} wide x {dims[1]} layers, none of the warm-start sizes "
+                         f"{ {name: spec[:2] for name, spec in LLM_SIZES.items()} }; add it to LLM_SIZES")
     config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer)),
                           image_token_id=image_token_id(ws.tokenizer))
     model = MiniVL(config, language_model=llm)

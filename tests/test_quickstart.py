@@ -51,6 +51,15 @@ def test_build_model_does_not_share_the_workspace_llm(tmp_path):
     random_vit = build_model(ws, pretrained_vit=False)
     assert not torch.equal(random_vit.vision_model.embeddings.patch_embedding.weight,
                            ws.vit.embeddings.patch_embedding.weight)
+    # an LLM of no known size would be saved with a wrong config: refused
+    import copy
+
+    import pytest
+
+    odd = copy.deepcopy(ws.llm)
+    odd.config.num_hidden_layers = 3
+    with pytest.raises(ValueError, match="none of the warm-start sizes"):
+        build_model(ws, language_model=odd)
 
 
 def test_format_table_aligns_long_stage_names():
