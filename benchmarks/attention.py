@@ -20,7 +20,6 @@ Explained in chapter 8 (notebooks/08_packing.ipynb).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,7 @@ from minivl.train.attention import (
     packed_attention,
     position_ids_from_cu_seqlens,
 )
+from minivl.train.measure import fastest_times
 
 
 def tiny_llm(device: str, dtype: torch.dtype):
@@ -59,26 +59,6 @@ def sample_lengths(total: int, generator: torch.Generator) -> list[int]:
         n = int(torch.randint(low, high + 1, (1,), generator=generator))
         lengths.append(min(n, total - sum(lengths)))
     return lengths
-
-
-def timed(steps: dict, reps: int, device: str) -> dict[str, float]:
-    """Fastest seconds of each ``steps[name]()`` over ``reps`` rounds, after one warm-up round.
-
-    The steps take turns within each round, so a slow spell of a shared machine hits them
-    all alike; the minimum is the run least disturbed by other work.
-    """
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(reps + 1):
-        for name, step in steps.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if round_index > 0:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
 
 
 def run(lengths: list[int], reps: int, device: str, dtype: torch.dtype) -> list[dict]:
@@ -114,7 +94,7 @@ def run(lengths: list[int], reps: int, device: str, dtype: torch.dtype) -> list[
                 continue  # flex has no backward on CPU
             steps[f"packed-{backend}"] = _with_backend(model, backend, packed_step)
         result = {"tokens": total, "samples": len(sizes), "padding": 1 - total / ids.numel()}
-        result.update(timed(steps, reps, device))
+        result.update(fastest_times(steps, reps, device))
         rows.append(result)
     return rows
 

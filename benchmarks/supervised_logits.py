@@ -12,8 +12,9 @@ forward and backward, two ways:
 
 Memory is the activation bytes autograd saves for the backward pass
 (:func:`minivl.train.measure.saved_bytes`, parameters excluded), which is where the (L, V)
-logits live during training; time is the fastest forward + backward of ``--reps`` interleaved rounds,
-in the same process. The two losses are printed too: they must agree. Run::
+logits live during training; time is the fastest forward + backward of ``--reps``
+interleaved rounds after a warm-up round (:func:`minivl.train.measure.fastest_times`), in the
+same process. The two losses are printed too: they must agree. Run::
 
     MINIVL_SCALE=cpu python benchmarks/supervised_logits.py --threads 2
 
@@ -23,12 +24,11 @@ Explained in chapter 9 (notebooks/09_loss_reweighting.ipynb).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from minivl.scale import default_device, default_dtype, pick, print_environment
-from minivl.train.measure import saved_bytes, storage_keys
+from minivl.train.measure import fastest_times, saved_bytes, storage_keys
 
 VOCAB_1B = 151_674  # InternVL2.5-1B's LLM (Qwen2.5-0.5B-Instruct) vocabulary
 
@@ -64,17 +64,8 @@ def run(tokens: int, supervised: float, vocab: int, hidden: int, layers: int, re
     steps = {"all positions": step(False, "all positions"), "supervised only": step(True, "supervised only")}
     params = storage_keys(model)  # weights are not activations
     memory = {name: saved_bytes(fn, exclude=params)[0] for name, fn in steps.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, fn in steps.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"saved_bytes": memory[name], "seconds": min(times[name]), "loss": losses[name]} for name in steps}
+    times = fastest_times(steps, reps, device)
+    return {name: {"saved_bytes": memory[name], "seconds": times[name], "loss": losses[name]} for name in steps}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

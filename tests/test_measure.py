@@ -103,3 +103,24 @@ def test_count_flops_linear_and_attention():
     q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))  # (B, heads, L, d)
     # QK^T and AV: 2 x (2 x L x L x d) per head
     assert count_flops(lambda: nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * 2 * (2 * 8 * 8 * 4)
+
+
+def test_fastest_times_takes_turns_and_keeps_the_minimum(monkeypatch):
+    """Each step runs once per round plus a warm-up round, in turns; the result is its fastest round."""
+    import minivl.train.measure as measure
+
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    order = []
+    durations = {"a": iter([9, 3, 5]), "b": iter([1, 7, 2])}
+
+    def step(name):
+        def run():
+            order.append(name)
+            for _ in range(next(durations[name]) - 1):  # each extra clock read adds one "second"
+                next(clock)
+        return run
+
+    out = measure.fastest_times({"a": step("a"), "b": step("b")}, reps=2)
+    assert order == ["a", "b", "a", "b", "a", "b"]  # warm-up round first, then 2 timed rounds
+    assert out == {"a": 3.0, "b": 2.0}  # the warm-up's 9 and 1 are not counted

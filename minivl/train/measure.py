@@ -11,7 +11,9 @@ measures the same quantities on a real (tiny) model, so the two can be put side 
 * :func:`training_state_bytes`: weights, gradients, fp32 master copies and AdamW moments of a
   model and its optimizer after a step, the four lines of :func:`~minivl.train.planner.static_memory`;
 * :func:`count_flops`: the FLOPs ``FlopCounterMode`` counts for a function (attention forced
-  to the math backend so its matrix products are counted too).
+  to the math backend so its matrix products are counted too);
+* :func:`fastest_times`: wall time of several functions measured in turns, for the
+  same-process ratios of ``benchmarks/``.
 
 Explained in chapter 13 (notebooks/13_scaling_up.ipynb).
 """
@@ -19,6 +21,7 @@ Explained in chapter 13 (notebooks/13_scaling_up.ipynb).
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -150,4 +153,27 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-__all__ = ["LiveTensors", "count_flops", "saved_bytes", "storage_key", "storage_keys", "training_state_bytes"]
+def fastest_times(steps: dict[str, Callable[[], Any]], reps: int, device: str = "cpu",
+                  warmup: bool = True) -> dict[str, float]:
+    """Fastest seconds of each ``steps[name]()`` over ``reps`` rounds (after one warm-up round).
+
+    The steps take turns within each round, so a slow spell of a shared machine hits them all
+    alike; the minimum is the run least disturbed by other work. CUDA work is synchronised
+    around each call. Used by ``benchmarks/attention.py`` and ``benchmarks/supervised_logits.py``.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(reps + int(warmup)):
+        for name, step in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_index >= int(warmup):
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+__all__ = ["LiveTensors", "count_flops", "fastest_times", "saved_bytes", "storage_key", "storage_keys",
+           "training_state_bytes"]
