@@ -20,6 +20,7 @@ Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,14 @@ def supervised_positions_loss(
         denominator = w[:, 1:].sum()
     denominator = torch.as_tensor(denominator, dtype=torch.float32, device=logits.device)
     return numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    """Whether ``cls.forward`` has a ``logits_to_keep`` parameter (looked up once per class)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -221,10 +230,8 @@ class MiniVL(nn.Module):
     def _llm_keeps_logits(self) -> bool:
         """Whether the LLM's forward takes transformers' ``logits_to_keep`` (every transformers
         causal LM of v4.50+ does; remote-code models may not)."""
-        import inspect
-
-        base = self.language_model.get_base_model() if hasattr(self.language_model, "get_base_model") else self.language_model
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        lm = self.language_model
+        return _takes_logits_to_keep(type(lm.get_base_model() if hasattr(lm, "get_base_model") else lm))
 
     def forward(
         self,

@@ -259,3 +259,32 @@ def test_supervised_logits_only_gives_the_same_loss_and_gradients(weighted):
     torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
     for a, b in zip(g_kept, g_full):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_supervised_logits_only_falls_back_for_an_llm_without_logits_to_keep():
+    """A remote-code LLM whose forward has no ``logits_to_keep`` gets full logits and the usual loss."""
+    from tests._tiny_model import tiny_model_and_tokenizer
+
+    model, _ = tiny_model_and_tokenizer()
+    inner = model.language_model
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, inputs_embeds=None, **kwargs):
+            assert "logits_to_keep" not in kwargs
+            return self.inner(inputs_embeds=inputs_embeds, **kwargs)
+
+    ids = torch.randint(10, 250, (1, 24), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :12] = -100
+    full = model(input_ids=ids, labels=labels)
+    model.language_model = NoKeep()
+    out = model(input_ids=ids, labels=labels, supervised_logits_only=True)
+    assert out.logits.shape == full.logits.shape
+    torch.testing.assert_close(out.loss, full.loss)
