@@ -93,12 +93,10 @@ def supervised_positions_loss(
     ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (K,)
     if loss_weight is None:
         return ce.sum() / max(ce.numel(), 1)
+    from minivl.train.loss import divide_by_weight
+
     w = loss_weight.to(logits.device, torch.float32)
-    numerator = (w[shifted] * ce).sum()
-    if denominator is None:
-        denominator = w[:, 1:].sum()
-    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=logits.device)
-    return numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)
+    return divide_by_weight((w[shifted] * ce).sum(), w[:, 1:], denominator)
 
 
 @functools.cache

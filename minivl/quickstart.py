@@ -123,7 +123,7 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     from minivl.data.synthetic import generate_suite
     from minivl.text.template import get_template
     from minivl.text.tokenizer import image_token_id, load_tokenizer, train_tokenizer
-    from minivl.train.warmstart import warm_start_llm
+    from minivl.train.warmstart import suite_conversations, warm_start_llm
     from minivl.vision.warmstart import warm_start_vit
 
     scale = get_scale(scale)
@@ -148,7 +148,7 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     print(f"vocabulary {len(tok)}, <IMG_CONTEXT> id {image_token_id(tok)}")
 
     _section(f"3. LLM warm start (size {recipe.llm_size})")
-    conversations = [r.conversations for m in read_meta(train_meta).values() for r in m.read_records(strict=False)[0]]
+    conversations = suite_conversations(train_meta)
     llm, info = warm_start_llm(tok, conversations, recipe.llm_size, steps=recipe.warm_steps, seed=recipe.seed,
                                cache=out / f"llm_{recipe.llm_size}", progress=progress)
     print(f"{info['parameters']:,} parameters, final loss {info['final_loss']:.3f}")

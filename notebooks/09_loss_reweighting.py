@@ -215,7 +215,7 @@ assert torch.allclose(g_exact, g_big, atol=1e-6) and not torch.allclose(g_naive,
 # projects only those rows and `supervised_positions_loss` gives the same number as the full
 # loss (a unit test compares losses and gradients for both the plain and the weighted loss).
 # `benchmarks/supervised_logits.py` measures what it saves: on a 2,048-token row with 10 %
-# supervised positions and the 1B vocabulary, a small LLM saves 0.14x the activation bytes
+# supervised positions and the 1B vocabulary, a small LLM keeps 0.14x the activation bytes
 # for backward and runs forward + backward in 0.11x the time (2 CPU cores).
 
 # %%

@@ -21,13 +21,12 @@ import time
 
 import torch
 
-from minivl.data.records import read_meta
 from minivl.eval.suite import evaluate_suite
 from minivl.quickstart import RECIPES, build_model, prepare
 from minivl.scale import get_scale
 from minivl.train.report import train_packed
 from minivl.train.stages import get_stage
-from minivl.train.warmstart import LLM_SIZES, warm_start_llm
+from minivl.train.warmstart import LLM_SIZES, suite_conversations, warm_start_llm
 
 
 def llm_of_depth(ws, layers: int):
@@ -37,9 +36,8 @@ def llm_of_depth(ws, layers: int):
         return "S", ws.llm
     size = f"S{layers}"
     LLM_SIZES[size] = (hidden, layers, heads, kv, inter)  # registered for this process only
-    conversations = [r.conversations for m in read_meta(ws.train_meta).values() for r in m.read_records(strict=False)[0]]
     r = ws.recipe
-    llm, _ = warm_start_llm(ws.tokenizer, conversations, size, steps=r.warm_steps, seed=r.seed,
+    llm, _ = warm_start_llm(ws.tokenizer, suite_conversations(ws.train_meta), size, steps=r.warm_steps, seed=r.seed,
                             cache=ws.out / f"llm_{size}", progress=False)
     return size, llm
 

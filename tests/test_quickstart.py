@@ -16,6 +16,7 @@ def test_quickstart_smoke(tmp_path, capsys):
     for row in results["accuracy"].values():
         assert set(row) == {*EVAL_TASKS, "all"} and all(0.0 <= v <= 1.0 for v in row.values())
     assert set(results["tiling"]) == {"max_num=1", "max_num=16"}
+    assert list(results["shape_qa_by_type"]) == list(results["accuracy"])  # one entry per stage
     for name, scores in results["shape_qa_by_type"].items():  # count / colour / position, each in [0, 1]
         assert name in results["accuracy"] and set(scores) <= {"count", "colour", "position"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())

@@ -190,10 +190,20 @@ def weighted_causal_lm_loss(
         raise ValueError(f"loss_weight shape {tuple(loss_weight.shape)} != labels shape {tuple(labels.shape)}")
     ce = shifted_cross_entropy(logits, labels, ignore_index)  # (B, L-1)
     w = loss_weight[:, 1:].to(ce.device, torch.float32)  # (B, L) -> (B, L-1), aligned with labels[t+1]
-    numerator = (w * ce).sum()
+    return divide_by_weight((w * ce).sum(), w, denominator)
+
+
+def divide_by_weight(numerator: torch.Tensor, shifted_weight: torch.Tensor,
+                     denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``numerator / W``: ``W`` is ``denominator`` when given, else ``shifted_weight.sum()``
+    (the weights aligned with the supervised labels). A zero ``W`` (nothing supervised) gives 0,
+    still differentiable.
+
+    Explained in chapter 9 (notebooks/09_loss_reweighting.ipynb).
+    """
     if denominator is None:
-        denominator = w.sum()
-    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=ce.device)
+        denominator = shifted_weight.sum()
+    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=numerator.device)
     # W == 0 only when every weight is 0, and then the numerator is 0 too: the clamp keeps it 0.
     return numerator / denominator.clamp_min(torch.finfo(torch.float32).tiny)
 

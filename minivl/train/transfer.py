@@ -533,14 +533,13 @@ def prepare_llms(out: str | Path, scale: str | None = None, progress: bool = Fal
 
     Explained in chapter 11 (notebooks/11_stage1_5_vit_incremental.ipynb).
     """
-    from minivl.data.records import read_meta
     from minivl.quickstart import prepare
     from minivl.scale import get_scale
-    from minivl.train.warmstart import warm_start_llm
+    from minivl.train.warmstart import suite_conversations, warm_start_llm
 
     scale = get_scale(scale)
     ws = prepare(out, scale, progress=progress)
-    conversations = [r.conversations for m in read_meta(ws.train_meta).values() for r in m.read_records(strict=False)[0]]
+    conversations = suite_conversations(ws.train_meta)
     llm_large, info = warm_start_llm(ws.tokenizer, conversations, "L", steps=LARGE_WARM_STEPS[scale],
                                      seed=ws.recipe.seed, cache=Path(out) / "llm_L", progress=progress)
     return {"workspace": ws, "llm_small": ws.llm, "llm_large": llm_large, "info_small": ws.llm_info,

@@ -47,6 +47,14 @@ def llm_config(size: str, vocab_size: int) -> dict[str, Any]:
     }
 
 
+def suite_conversations(meta: str | Path) -> list[list[dict[str, str]]]:
+    """Every conversation of every data set of a meta file (the warm start's corpus); malformed
+    records are skipped as :meth:`read_records` does with ``strict=False``."""
+    from minivl.data.records import read_meta
+
+    return [r.conversations for m in read_meta(meta).values() for r in m.read_records(strict=False)[0]]
+
+
 def render_conversations(conversations: Sequence[Sequence[dict[str, str]]], template: str = "internvl2_5") -> list[str]:
     """Conversations (official record format) as chat-template text, image placeholders removed."""
     tpl = get_template(template)
