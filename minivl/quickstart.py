@@ -22,7 +22,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ class Recipe:
     vit_warm_scenes: int = 16384
     # (stage, optimizer steps, peak lr): about 6 minutes of training on 2 idle cores; the whole run about 8.5
     stages: list[tuple[str, int, float]] = field(default_factory=lambda: [
-        ("stage1", 200, 2e-3), ("stage1_5", 300, 1e-3), ("stage2", 5500, 2e-3)])
+        ("stage1", 200, 2e-3), ("stage1_5", 300, 1e-3), ("stage2", 5500, 1e-3)])
     # the warm-started ViT learns at a tenth of the stage's lr: at the LLM's 2e-3 it forgets
     # what it knows faster than the LLM learns to read it (measured: shape_qa 36 % vs 55 %)
     vision_lr_scale: float = 0.1
@@ -119,8 +121,10 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     """Steps 1-3: the synthetic suite, the tokenizer and the LLM and ViT warm starts, each
     reused from ``out`` when an earlier run left it there."""
     from minivl.data.dataset import conversation_texts
+    from minivl.data.filtering import filter_meta
     from minivl.data.records import read_meta
     from minivl.data.synthetic import generate_suite
+    from minivl.data.synthetic.suite import read_suite_stamp, suite_stamp_for
     from minivl.text.template import get_template
     from minivl.text.tokenizer import image_token_id, load_tokenizer, train_tokenizer
     from minivl.train.warmstart import suite_conversations, warm_start_llm
@@ -133,16 +137,35 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
 
     _section("1. synthetic suite")
     data_dir = out / "data"
-    if not (data_dir / "test.json").exists():
-        generate_suite(data_dir, scale="smoke" if scale == "smoke" else "cpu", seed=recipe.seed)
-    train_meta, test_meta = data_dir / "train.json", data_dir / "test.json"
-    print(f"train: {sum(m.length or 0 for m in read_meta(train_meta).values())} records in {data_dir}")
+    suite_scale = "smoke" if scale == "smoke" else "cpu"
+    stamp = read_suite_stamp(data_dir)
+    if stamp != suite_stamp_for(suite_scale, recipe.seed):
+        if stamp is not None or (data_dir / "test.json").exists():
+            print(f"the suite in {data_dir} is {stamp or 'unstamped'}, not {suite_stamp_for(suite_scale, recipe.seed)}: "
+                  "regenerating it and retraining the tokenizer")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(out / "tokenizer", ignore_errors=True)
+        generate_suite(data_dir, scale=suite_scale, seed=recipe.seed)
+    test_meta = data_dir / "test.json"
+    print(f"train: {sum(m.length or 0 for m in read_meta(data_dir / 'train.json').values())} records in {data_dir}")
+
+    _section("1b. data filtering")
+    # InternVL 2.5 filters its SFT data before training (report section 4.3); the suite's train
+    # split carries labelled faulty copies for exactly this step. The cheap, model-free filters
+    # (heuristic rules, n-gram repetition) run in about a second, so they run every time.
+    train_meta, reports = filter_meta(data_dir / "train.json", data_dir / "train_filtered.json")
+    total, removed = sum(r.total for r in reports.values()), sum(r.removed for r in reports.values())
+    rules = Counter(r.flag.rule for report in reports.values() for r in report.removals)
+    print(f"{total} records -> {total - removed} kept, {removed} removed: "
+          + ", ".join(f"{rule} {n}" for rule, n in rules.most_common()))
 
     _section("2. tokenizer")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        # the system prompt is repeated so BPE merges it into a few tokens
-        corpus = conversation_texts(train_meta) + [get_template("internvl2_5").system_prompt()] * 50
+        # the template's own text (system prompt, role prefixes) is repeated so that BPE merges it
+        # into a few tokens: every sample pays for it, and "assistant" alone would otherwise be 7
+        template = get_template("internvl2_5")
+        corpus = conversation_texts(train_meta) + [template.system_prompt() + "".join(template.roles)] * 50
         train_tokenizer(corpus, vocab_size=recipe.vocab_size).save_pretrained(tok_dir)
     tok = load_tokenizer(tok_dir)
     print(f"vocabulary {len(tok)}, <IMG_CONTEXT> id {image_token_id(tok)}")
@@ -220,10 +243,12 @@ def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, c
     ``{"stage", "steps", "lr", "seconds", "history", "loaded"}``.
     """
     from minivl.model import MiniVL
+    from minivl.text.tokenizer import tokenizer_fingerprint
     from minivl.train.attention import enable_packed_attention
 
     cache = Path(cache)
-    key = {"stage": name, "steps": steps, "lr": lr}
+    # the tokenizer's fingerprint stands for the data: a regenerated suite retrains the tokenizer
+    key = {"stage": name, "steps": steps, "lr": lr, "tokenizer": tokenizer_fingerprint(ws.tokenizer)}
     path = cache / "history.json"
     if path.exists() and (cache / "model" / "config.json").exists():
         record = json.loads(path.read_text())

@@ -464,3 +464,37 @@ def test_chat_judge_from_model_decodes_only_new_tokens(tiny_lm):
     expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert judge.score([record]) == [parse_judge_score(expected)]
     assert judge.last_replies == [expected]
+
+
+def test_filter_meta_writes_kept_records_and_a_meta_that_points_at_them(tmp_path):
+    import json
+
+    from minivl.data.filtering import filter_meta
+    from minivl.data.records import read_meta
+
+    src = tmp_path / "suite"
+    (src / "images" / "a").mkdir(parents=True)
+    (src / "ann").mkdir()
+    good = [rec("a circle", rid=f"g{i}", image="x.png") for i in range(3)]
+    empty = rec("", rid="e", image="x.png")
+    lines = [json.dumps(good[0]), json.dumps(empty), "{not json", json.dumps(good[1]), "", json.dumps(good[2])]
+    (src / "ann" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (src / "ann" / "b.jsonl").write_text(json.dumps(rec("two", rid="b0")) + "\n")
+    (src / "train.json").write_text(json.dumps({
+        "a": {"root": "images/a", "annotation": "ann/a.jsonl", "data_augment": True, "max_dynamic_patch": 4,
+              "repeat_time": 2, "length": 5},
+        "b": {"root": "images/a", "annotation": "ann/b.jsonl"}}))
+
+    out, reports = filter_meta(src / "train.json", tmp_path / "elsewhere" / "train_filtered.json")
+    metas = read_meta(out)
+    # the malformed line and the empty answer are removed and counted; the rest kept in order
+    assert reports["a"].total == 5 and reports["a"].kept == 3 and reports["a"].removed == 2
+    assert reports["a"].counts() == {"unreadable": 1, "heuristic": 1, "repetition_duplicate": 0}
+    assert [r.flag.rule for r in reports["a"].removals] == ["not_a_json_object", "empty_answer"]
+    kept = [json.loads(x)["id"] for x in metas["a"].annotation_path.read_text().splitlines()]
+    assert kept == ["g0", "g1", "g2"]
+    # the knobs survive, the length is the kept count, the image root is the same folder
+    assert (metas["a"].data_augment, metas["a"].max_dynamic_patch, metas["a"].repeat_time) == (True, 4, 2)
+    assert metas["a"].length == 3 and metas["b"].length == 1
+    assert metas["a"].root_path.resolve() == (src / "images" / "a").resolve()
+    assert "2 removed" in reports["a"].to_text()

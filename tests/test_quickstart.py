@@ -87,3 +87,25 @@ def test_train_stage_cached_trains_once_then_loads(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     _, other = train_stage_cached(ws, build_model(ws), "stage1", 2, 1e-3, tmp_path / "c")  # another lr: retrain
     assert not other["loaded"]
+
+
+def test_prepare_regenerates_a_suite_of_another_version(tmp_path, capsys):
+    from minivl.data.synthetic.suite import SUITE_VERSION, read_suite_stamp
+    from minivl.quickstart import prepare
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    data, tok_dir = tmp_path / "ws" / "data", tmp_path / "ws" / "tokenizer"
+    assert read_suite_stamp(data) == {"version": SUITE_VERSION, "scale": "smoke", "seed": 0}
+    # the training meta is the filtered one, with every entry still there
+    assert ws.train_meta.name == "train_filtered.json"
+    assert set(json.loads(ws.train_meta.read_text())) == set(json.loads((data / "train.json").read_text()))
+    (data / "marker").write_text("")
+    capsys.readouterr()
+    prepare(tmp_path / "ws", scale="smoke", progress=False)  # same version: everything reused
+    assert (data / "marker").exists() and "regenerating" not in capsys.readouterr().out
+    (data / "suite.json").write_text(json.dumps({"version": SUITE_VERSION - 1, "scale": "smoke", "seed": 0}))
+    (tok_dir / "marker").write_text("")
+    prepare(tmp_path / "ws", scale="smoke", progress=False)
+    assert "regenerating" in capsys.readouterr().out
+    assert not (data / "marker").exists() and not (tok_dir / "marker").exists()  # suite and tokenizer rebuilt
+    assert read_suite_stamp(data)["version"] == SUITE_VERSION

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -575,3 +576,21 @@ def test_example_files_match_generator(suite, big, tmp_path):
     shape = grounding["meta"]["shapes"][grounding["meta"]["targets"][0]]
     assert grounding["meta"]["boxes"] == [[round(v / 112 * 1000) for v in shape["bbox"]]]
     assert grounding["conversations"][1]["value"] == "<ref>the blue circle</ref><box>[[411, 402, 580, 571]]</box>"
+
+
+def test_shape_question_draws_the_type_first():
+    from minivl.data.synthetic.common import random_scene
+    from minivl.data.synthetic.scenes import shape_question
+
+    rng, types, counts = random.Random(0), Counter(), Counter()
+    n = 1500
+    for _ in range(n):
+        qtype, question, _ = shape_question(rng, random_scene(rng, 112, 112, rng.randint(1, 5)))
+        types[qtype] += 1
+        if qtype == "count":
+            counts["all" if question == "How many shapes are there?" else "colour" if " shapes " in question
+                   else "kind"] += 1
+    # a third each (colour and position are allowed by almost every scene; count always is),
+    # not the 3 / 1 / 1 fifths of drawing among the five variants at once
+    assert all(0.28 < types[t] / n < 0.40 for t in ("count", "colour", "position")), types
+    assert all(0.25 < counts[v] / types["count"] < 0.42 for v in ("all", "colour", "kind")), counts

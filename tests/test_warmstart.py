@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from minivl.text.tokenizer import train_tokenizer
+from minivl.text.tokenizer import tokenizer_fingerprint, train_tokenizer
 from minivl.train.warmstart import LLM_SIZES, llm_config, render_conversations, token_stream, warm_start_llm
 
 CONVS = [[{"from": "human", "value": f"<image>\nHow many {c} shapes are there?"},
@@ -43,5 +43,11 @@ def test_warm_start_learns_and_caches(tmp_path, monkeypatch):
                                   cache=tmp_path, progress=False)
     assert other.config.num_hidden_layers == 1 and info3["losses"] != losses
     monkeypatch.undo()
+    # a tokenizer of the same size with other tokens is retrained too (its ids mean other things)
+    other_tok = train_tokenizer([t.upper() for c in CONVS for t in (c[0]["value"], c[1]["value"])], vocab_size=300)
+    assert len(other_tok) == len(tok) and tokenizer_fingerprint(other_tok) != tokenizer_fingerprint(tok)
+    _, info4 = warm_start_llm(other_tok, CONVS, size="S", steps=40, seq_len=64, batch_size=8, lr=3e-3,
+                              cache=tmp_path, progress=False)
+    assert info4["key"]["tokenizer"] == tokenizer_fingerprint(other_tok) and info4["losses"] != losses
     s, big = llm_config("S", 500), llm_config("L", 500)
     assert (s["hidden_size"], s["num_hidden_layers"]) == (128, 2) and (big["hidden_size"], big["num_hidden_layers"]) == (256, 4)

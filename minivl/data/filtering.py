@@ -27,7 +27,9 @@ Explained in chapter 7 (notebooks/07_data_filtering.ipynb).
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import random
 import re
 import string
@@ -35,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 FAULT_KINDS = ("repetition", "truncated", "garbage", "placeholder_mismatch", "empty")
@@ -827,6 +830,59 @@ def run_filters(records: Sequence[dict], filters: Sequence[Filter]) -> tuple[lis
         alive = survivors
     report.kept = len(alive)
     return [records[i] for i in alive], report
+
+
+def filter_meta(meta: str | os.PathLike, out: str | os.PathLike,
+                filters: Sequence[Filter] | None = None) -> tuple[Path, dict[str, FilterReport]]:
+    """Run ``filters`` over every data set of a meta JSON file and write the kept records.
+
+    Each entry's JSONL goes through :func:`run_filters`; the kept lines are written to
+    ``<out folder>/annotations/<out stem>/<name>.jsonl`` and a new meta file ``out`` points at
+    them (same knobs, ``length`` updated, image roots rewritten relative to ``out``'s folder).
+    ``filters`` defaults to the cheap, model-free part of the pipeline: the heuristic rules and
+    the duplicate n-gram check. A line that is not a JSON object is dropped and counted under
+    the ``unreadable`` filter of that entry's report, never silently.
+
+    Returns ``(out, {name: FilterReport})``. Explained in chapter 7 (notebooks/07_data_filtering.ipynb).
+    """
+    from minivl.data.records import DatasetMeta, read_meta, write_meta
+
+    filters = list(filters) if filters is not None else [HeuristicFilter(), RepetitionFilter(mode="duplicate")]
+    out = Path(out)
+    entries = read_meta(meta, allow_unknown_keys=True)
+    folder = out.parent / "annotations" / out.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    reports: dict[str, FilterReport] = {}
+    kept_entries: dict[str, DatasetMeta] = {}
+    for name, entry in entries.items():
+        records, unreadable = [], []
+        with open(entry.annotation_path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    record = exc
+                if isinstance(record, dict):
+                    records.append(record)
+                else:
+                    unreadable.append(Removal(line_no - 1, f"line {line_no}",
+                                              Flag("unreadable", "not_a_json_object", str(record)[:80]), ""))
+        kept, report = run_filters(records, filters)
+        report.filters.insert(0, "unreadable")
+        report.removals[:0] = unreadable
+        report.total += len(unreadable)
+        report.seen["unreadable"] = report.total
+        reports[name] = report
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        root = os.path.relpath(entry.root_path.resolve(), out.parent.resolve())
+        kept_entries[name] = DatasetMeta(name=name, root=root, annotation=str(path.relative_to(out.parent)),
+                                         data_augment=entry.data_augment, max_dynamic_patch=entry.max_dynamic_patch,
+                                         repeat_time=entry.repeat_time, length=len(kept), extra=entry.extra)
+    write_meta(out, kept_entries)
+    return out, reports
 
 
 @dataclass

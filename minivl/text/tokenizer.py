@@ -17,6 +17,8 @@ Explained in chapter 4 (notebooks/04_tokens_and_templates.ipynb).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from collections.abc import Iterable
@@ -208,6 +210,13 @@ def train_tokenizer(
     )
     tok.chat_template = chat_template_jinja(get_template(template))
     return tok
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the vocabulary (every token and its id): caches of models trained with
+    one tokenizer key on it, so that a retrained tokenizer of the same size never loads them."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode("utf-8")).hexdigest()[:16]
 
 
 def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:

@@ -133,8 +133,11 @@ def warm_start_llm(
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from minivl.text.tokenizer import tokenizer_fingerprint
+
     key = {"size": size, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr, "seed": seed,
-           "vocab_size": len(tokenizer), "num_conversations": len(conversations),
+           "vocab_size": len(tokenizer), "tokenizer": tokenizer_fingerprint(tokenizer),
+           "num_conversations": len(conversations),
            "config": llm_config(size, len(tokenizer))}  # a changed LLM_SIZES entry must not load a stale model
     if cache is not None:
         cache = Path(cache)

@@ -92,25 +92,23 @@ def shape_question(rng: random.Random, shapes: list[Shape]) -> tuple[str, str, s
     """Pick a question about ``shapes``: returns ``(question_type, question, answer)``.
 
     Types: ``count`` (all / one colour / one kind), ``colour`` (of a shape whose kind is
-    unique) and ``position`` (of a shape that a phrase picks alone).
+    unique) and ``position`` (of a shape that a phrase picks alone). The type is drawn first,
+    uniformly among those the scene allows, then the count variant: drawing among the five
+    variants at once would make three questions in five counting ones, and the binding
+    questions (colour, position), the ones a model learns last, would get a fifth each.
     """
-    options = ["count", "count_colour", "count_kind"]
     kinds = Counter(s.kind for s in shapes)
     unique_kind = [s for s in shapes if kinds[s.kind] == 1]
     referable = [(s, unique_reference(shapes, s)) for s in shapes]
     referable = [(s, ref) for s, ref in referable if ref is not None]
-    if unique_kind:
-        options.append("colour")
-    if referable:
-        options.append("position")
-    qtype = rng.choice(options)
+    qtype = rng.choice(["count"] + ["colour"] * bool(unique_kind) + ["position"] * bool(referable))
     if qtype == "count":
-        return "count", "How many shapes are there?", str(len(shapes))
-    if qtype == "count_colour":
-        colour = rng.choice(COLOURS)
-        n = sum(s.colour == colour for s in shapes)
-        return "count", f"How many {colour} shapes are there?", str(n)
-    if qtype == "count_kind":
+        variant = rng.choice(["all", "colour", "kind"])
+        if variant == "all":
+            return "count", "How many shapes are there?", str(len(shapes))
+        if variant == "colour":
+            colour = rng.choice(COLOURS)
+            return "count", f"How many {colour} shapes are there?", str(sum(s.colour == colour for s in shapes))
         kind = rng.choice(SHAPES)
         return "count", f"How many {kind}s are there?", str(kinds[kind])
     if qtype == "colour":

@@ -40,6 +40,11 @@ from minivl.scale import get_scale, pick
 
 SPLITS = ("train", "val", "test")
 
+SUITE_VERSION = 2
+"""Bumped whenever a generator changes what it writes (2: ``shape_qa`` draws the question type
+first). A full suite records it in ``suite.json``; :func:`minivl.quickstart.prepare` regenerates
+a cached suite whose stamp differs, so an old suite is never trained on by mistake."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -181,7 +186,22 @@ def generate_suite(
         result["counts"][split] = counts
         result["seconds"][split] = seconds
         result["faults"][split] = dict(sorted(faults.items()))
+    if list(splits) == list(SPLITS) and tasks == list(TASKS):  # a whole suite: stamp it
+        (out_dir / "suite.json").write_text(json.dumps(suite_stamp_for(scale, seed)) + "\n")
     return result
+
+
+def suite_stamp_for(scale: str, seed: int) -> dict[str, Any]:
+    """What ``suite.json`` says of a whole suite generated now at ``scale`` with ``seed``."""
+    return {"version": SUITE_VERSION, "scale": scale, "seed": seed}
+
+
+def read_suite_stamp(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``suite.json`` stamp of the suite in ``out_dir`` (None if there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / "suite.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def format_summary(result: dict[str, Any]) -> str:
