@@ -82,14 +82,12 @@ def build_suite(root: Path, scale: str, seed: int = 0):
     """Generate the train split of the suite (``faulty`` excluded) and train a tokenizer on it."""
     from minivl.data.dataset import conversation_texts
     from minivl.data.synthetic import generate_suite
-    from minivl.text.template import get_template
-    from minivl.text.tokenizer import train_tokenizer
+    from minivl.text.tokenizer import train_chat_tokenizer
 
     result = generate_suite(root, scale=scale, seed=seed, splits=("train",),
                             tasks=[t for t in TASKS if t != "faulty"])
     meta = Path(result["meta"]["train"])
-    corpus = conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50
-    return meta, train_tokenizer(corpus, vocab_size=1000)
+    return meta, train_chat_tokenizer(conversation_texts(meta), vocab_size=1000)
 
 
 def bench_getitem(datasets, per_task: int) -> list[dict]:

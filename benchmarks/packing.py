@@ -48,8 +48,7 @@ from minivl.data.packing_viz import occupancy, padding_utilisation
 from minivl.data.synthetic import generate_suite
 from minivl.model import MiniVL
 from minivl.scale import cache_dir, get_scale
-from minivl.text.template import get_template
-from minivl.text.tokenizer import image_token_id, token_id, train_tokenizer
+from minivl.text.tokenizer import image_token_id, token_id, train_chat_tokenizer
 from minivl.train.attention import enable_packed_attention
 
 _NON_MODEL = {"labels", "loss_weight", "statistics", "data_index"}
@@ -61,8 +60,7 @@ def load_samples(scale: str, fraction: float, seed: int = 0) -> tuple[Any, MiniV
     if not (suite / "train.json").exists():
         generate_suite(suite, scale=scale, seed=seed)
     meta = suite / "train.json"
-    tok = train_tokenizer(conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50,
-                          vocab_size=1000)
+    tok = train_chat_tokenizer(conversation_texts(meta), vocab_size=1000)
     config = MiniVLConfig.tiny(vocab_size=len(tok), image_token_id=image_token_id(tok))
     data_config = DataConfig(image_size=config.vision.image_size, num_image_token=config.num_image_token,
                              max_dynamic_patch=6, max_length=2048, min_num_frame=4, max_num_frame=8)

@@ -111,18 +111,15 @@ import torch
 
 from minivl.config import MiniVLConfig
 from minivl.data.dataset import DataConfig, build_datasets, conversation_texts
-from minivl.data.synthetic import generate_suite
+from minivl.data.synthetic import ensure_suite
 from minivl.scale import cache_dir, get_scale, pick
-from minivl.text.template import get_template
-from minivl.text.tokenizer import image_token_id, token_id, train_tokenizer
+from minivl.text.tokenizer import image_token_id, token_id, train_chat_tokenizer
 
 scale = get_scale()
 suite = cache_dir("data", scale)
-if not (suite / "train.json").exists():
-    generate_suite(suite, scale=scale, seed=0)
+ensure_suite(suite, scale=scale, seed=0)  # chapter 6's suite, generated here if it is not cached
 train_meta = suite / "train.json"
-corpus = conversation_texts(train_meta) + [get_template("internvl2_5").system_prompt()] * 50
-tok = train_tokenizer(corpus, vocab_size=pick(smoke=600, cpu=1000, gpu=1000))
+tok = train_chat_tokenizer(conversation_texts(train_meta), vocab_size=pick(smoke=600, cpu=1000, gpu=1000))
 model_config = pick(smoke=MiniVLConfig.smoke, cpu=MiniVLConfig.tiny, gpu=MiniVLConfig.tiny)(
     vocab_size=len(tok), image_token_id=image_token_id(tok))
 data_config = DataConfig(image_size=model_config.vision.image_size, num_image_token=model_config.num_image_token,
@@ -142,8 +139,8 @@ for name, arr in sizes.items():
 assert all(len(a) > 0 for a in sizes.values())
 
 # %% [markdown]
-# Lengths spread over a factor of six: text-only samples have about 50 tokens, `small_text`
-# samples about 316 (17 tiles of 16 tokens plus the text). The plot shows the spread per task.
+# Lengths spread over a factor of seven: text-only samples have about 44 tokens, `small_text`
+# samples about 310 (17 tiles of 16 tokens plus the text). The plot shows the spread per task.
 
 # %%
 fig, (ax_tok, ax_tiles) = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -357,11 +354,11 @@ print(f"the mixture has {tokens_per_tile:.1f} tokens per tile; T/K: "
 
 # %% [markdown]
 # Which budget binds first depends on `T / K` against the data's own ratio of tokens to
-# tiles (about 33 here: 16 image tokens per tile plus the text). When `T / K` is below it
+# tiles (about 31 here: 16 image tokens per tile plus the text). When `T / K` is below it
 # (1024/48 = 21), tokens run out first and packs leave nearly full in tokens: about 96% of
 # `T` at cpu scale. When `T / K` is above it (1024/24 or 2048/48, both 43), tiles run out
-# first: the tile fill is 96-98% and a quarter of `T` stays empty. A `T` of only two or
-# three samples (512) leaves gaps that no remaining sample fills (89%). Most packs leave
+# first: the tile fill is 97-98% and about 30% of `T` stays empty. A `T` of only three or
+# four samples (512) leaves gaps that no remaining sample fills (89%). Most packs leave
 # through the buffer limit ("neither"), nearly full, rather than at exactly `T` tokens.
 # InternVL 2.5 trains with `T = 16384` and `K = 48` tiles of 256 tokens: `T / K` = 341,
 # above the 256 image tokens per tile, so its packs fill up in tiles or tokens depending

@@ -119,8 +119,8 @@ plt.show()
 #
 # `load_model` reads any of the three checkpoint layouts (chapter 5) and the tokenizer saved
 # beside the weights. At `cpu` scale it is the quickstart model: an InternViT of 2 layers,
-# 64 wide (warm-started on rendered scenes), and a small Qwen2-style LLM, trained for about
-# 8 minutes on 2 CPU cores on the synthetic suite (chapters 10-12). Shape scenes were
+# 64 wide (warm-started on rendered scenes), and a small Qwen2-style LLM, trained by a
+# quickstart run of about 9.5 minutes on 2 CPU cores on the synthetic suite (chapters 10-12). Shape scenes were
 # trained as one 112 px tile (their meta's `max_dynamic_patch`), so we ask with the same
 # tiling.
 
@@ -395,11 +395,11 @@ assert 0.0 <= acc <= 1.0 and len(texts) == n_eval
 # four-number box that parses, and all 80 boxes are well-formed, with about the right
 # width), and very little of the **content**: IoU@0.5 is 3.8 % (3 boxes of 80), just above
 # the two baselines that never look at the image (0 % and 2.5 %). Each number is a separate token
-# to this model, and putting four of them where the shape is has to be learnt from 800
+# to this model, and putting four of them where the shape is has to be learnt from 790
 # training boxes. The other capabilities fare a little better: three of eight shape questions
-# above right, three of six multi-image questions, but video answers are mostly `up` whatever the
-# clip. Chapter 15 measures all of them on the whole test split against the score of
-# always giving the most common answer. Grounding is the hardest of them: in the report it
+# above right, three of six multi-image questions, and two of six video clips. Chapter 15
+# measures all of them on the whole test split against the score of always giving the most
+# common answer. Grounding is the hardest of them: in the report it
 # needs dedicated data (RefCOCO, Objects365 boxes) and large models.
 #
 # ## The real model (gpu scale)
@@ -440,16 +440,16 @@ else:
 #
 # - `chat()` = tiles -> `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>` in the
 #   `internvl2_5` template -> `generate` with the KV cache, stopping at `<|im_end|>`.
-#   Image tokens are a large part of a prompt (28 % of the one-tile question above, 16
+#   Image tokens are a large part of a prompt (32 % of the one-tile question above, 16
 #   tokens; with 256 tokens per tile and up to 13 tiles in InternVL 2.5 they are most of it).
 # - Streaming is a transformers streamer in the generation config; multi-turn chat is the
 #   history rendered into the template; several images are `Image-k: <image>` lines with
 #   `num_patches_list`; a video is `Frame-k: <image>` lines with one tile per frame.
 # - Grounding answers are text: `<ref>phrase</ref><box>[[x1, y1, x2, y2]]</box>` in 0-1000
 #   coordinates; scoring reads the first box and counts IoU >= 0.5.
-# - The cpu-scale model has learnt every answer format and some of the content: about half
-#   of the shape and multi-image answers on the whole test split are right (chapter 15), its
-#   boxes barely beat image-blind baselines.
+# - The cpu-scale model has learnt every answer format and some of the content: more than
+#   half of the shape answers and a third of the multi-image answers on the whole test split
+#   are right (chapter 15); its boxes barely beat image-blind baselines.
 #
 # ## Exercises
 #

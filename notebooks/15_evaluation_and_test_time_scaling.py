@@ -189,11 +189,12 @@ for name in ("shape_qa", "reasoning"):
 # %% [markdown]
 # Read the bars against the grey ones. At `cpu` scale (the quickstart model, measured on 2
 # CPU cores; the table holds this run's numbers) the model is well above the
-# most-common-answer baseline on `shape_qa` (49.5 % against 22.9 %: mostly counts; colour
-# questions are near chance), on `chart` (15.0 % against 6.2 %) and on `video` (40.0 %
-# against 31.8 %), a little above it on `multi_image` (32.0 % against 27.2 %), below it on
-# `small_text` (it cannot read 9-pixel text) and `reasoning` (26.2 % against a 30 % most
-# common letter; scored over both variants, direct and CoT), and near zero on `grounding`
+# most-common-answer baseline on `shape_qa` (54.8 % against 16.9 %: counting and colour
+# questions about two in three right, position questions one in four) and on `chart` (13.8 %
+# against 6.2 %), above it on `multi_image` (36.0 % against 27.2 %) and a little above it on
+# `video` (35.0 % against 31.8 %), below it on `small_text` (1.7 % against 3.7 %: it cannot
+# read 9-pixel text) and `reasoning` (22.5 % against a 30 % most common letter; scored over
+# both variants, direct and CoT), and near zero on `grounding`
 # (3.8 %, chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
@@ -337,17 +338,17 @@ plt.show()
 # ### Does voting beat greedy CoT here?
 #
 # Measured at `cpu` scale (the quickstart model, 40 questions, 2 CPU cores; the table above
-# holds the numbers of this run): **no gain**. Greedy CoT scores below the direct answer
-# (22.5 % against 30.0 %). maj@3 is one question above greedy CoT (25 %), maj@5 and maj@9
-# fall below it (20 % and 17.5 %), while pass@k climbs to 85 %: the right letter is among
-# the nine chains for most questions, but it is not the one the model samples most often.
-# One sampled chain alone is below chance (about 22 %): at temperature 0.7 this small
-# model's counts drift, and its chains are not even faithful to themselves (chain 1 above
-# counts 6 shapes, computes 5 - 1 = 4, names "option D" and then boxes B). The vote pools
-# samples that are each no better than a guess, and the figure at the top of the chapter
-# says what voting does then: nothing good. With 40 questions the standard error is about 7
-# points, so no difference in this table is significant on its own; what is robust is the
-# gap between pass@k and maj@k.
+# holds the numbers of this run): **no significant gain**. Greedy CoT scores above the direct
+# answer (25.0 % against 20.0 %), maj@3 and maj@5 two questions above greedy CoT (30.0 %)
+# and maj@9 one (27.5 %), while pass@k climbs to 82.5 %: the right letter is among the nine
+# chains for most questions, but it is not the one the model samples most often. One sampled
+# chain alone is below chance (about 22 %): at temperature 0.7 this small model's counts
+# drift, and its chains are not even faithful to themselves (chain 1 above counts 6 shapes,
+# computes 6 - 1 = 4, names "option A" and then boxes B). The vote pools samples that are
+# each no better than a guess, and the figure at the top of the chapter says what voting
+# does then: little or nothing. With 40 questions the standard error is about 7 points, so
+# no difference in this table is significant on its own; what is robust is the gap between
+# pass@k and maj@k.
 #
 # This matches what the report and its readers found. The +3.7 points from CoT are for
 # InternVL2.5-78B; for the smaller models the report gives no CoT split, and users of

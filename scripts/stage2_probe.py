@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="runs/quickstart", help="quickstart workspace (built if missing)")
     parser.add_argument("--tasks", nargs="+", default=["caption", "shape_qa"])
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="peak lr (default: the recipe's stage-2 lr)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--llm-layers", type=int, nargs="+", default=[LLM_SIZES["S"][1]])
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     scale = get_scale()
     ws = prepare(args.out, scale, RECIPES[scale], progress=False)
+    if args.lr is None:
+        args.lr = next(lr for name, _, lr in RECIPES[scale].stages if name == "stage2")
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
           f"held-out shape_qa ({scale} scale)")

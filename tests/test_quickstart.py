@@ -99,13 +99,17 @@ def test_prepare_regenerates_a_suite_of_another_version(tmp_path, capsys):
     # the training meta is the filtered one, with every entry still there
     assert ws.train_meta.name == "train_filtered.json"
     assert set(json.loads(ws.train_meta.read_text())) == set(json.loads((data / "train.json").read_text()))
-    (data / "marker").write_text("")
+    shape_qa = data / "annotations" / "train" / "shape_qa.jsonl"
+    original = shape_qa.read_text()
+    shape_qa.write_text("not json\n")
     capsys.readouterr()
-    prepare(tmp_path / "ws", scale="smoke", progress=False)  # same version: everything reused
-    assert (data / "marker").exists() and "regenerating" not in capsys.readouterr().out
+    prepare(tmp_path / "ws", scale="smoke", progress=False)  # same version: the suite is reused as it is
+    out = capsys.readouterr().out
+    assert shape_qa.read_text() == "not json\n" and "regenerated" not in out
+    assert "not_a_json_object 1" in out  # the unreadable line is counted by the filtering step, not fatal
     (data / "suite.json").write_text(json.dumps({"version": SUITE_VERSION - 1, "scale": "smoke", "seed": 0}))
     (tok_dir / "marker").write_text("")
     prepare(tmp_path / "ws", scale="smoke", progress=False)
-    assert "regenerating" in capsys.readouterr().out
-    assert not (data / "marker").exists() and not (tok_dir / "marker").exists()  # suite and tokenizer rebuilt
+    assert "regenerated it" in capsys.readouterr().out
+    assert shape_qa.read_text() == original and not (tok_dir / "marker").exists()  # suite and tokenizer rebuilt
     assert read_suite_stamp(data)["version"] == SUITE_VERSION

@@ -17,8 +17,7 @@ from minivl.data.dataset import DataConfig, build_datasets, conversation_texts  
 from minivl.data.synthetic import generate_suite  # noqa: E402
 from minivl.model import MiniVL  # noqa: E402
 from minivl.quickstart import RECIPES, Workspace  # noqa: E402
-from minivl.text.template import get_template  # noqa: E402
-from minivl.text.tokenizer import image_token_id, train_tokenizer  # noqa: E402
+from minivl.text.tokenizer import image_token_id, train_chat_tokenizer  # noqa: E402
 from minivl.train.report import (  # noqa: E402
     format_rows,
     heldout_task_losses,
@@ -38,8 +37,7 @@ from minivl.train.trainer import apply_stage_freezing, build_optimizer, build_sc
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     metas = generate_suite(out, scale="smoke", seed=0)["meta"]
-    tok = train_tokenizer(conversation_texts(metas["train"]) + [get_template("internvl2_5").system_prompt()] * 50,
-                          vocab_size=800)
+    tok = train_chat_tokenizer(conversation_texts(metas["train"]), vocab_size=800)
     return {"train": metas["train"], "test": metas["test"], "tok": tok}
 
 

@@ -10,16 +10,14 @@ from minivl import cli
 from minivl.data.dataset import conversation_texts
 from minivl.data.synthetic import generate_suite
 from minivl.model import MiniVL
-from minivl.text.template import get_template
-from minivl.text.tokenizer import train_tokenizer
+from minivl.text.tokenizer import train_chat_tokenizer
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("runsuite")
     meta = generate_suite(out, scale="smoke", seed=1)["meta"]["train"]
-    tok = train_tokenizer(conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50,
-                          vocab_size=700)
+    tok = train_chat_tokenizer(conversation_texts(meta), vocab_size=700)
     tok.save_pretrained(out / "tok")
     return out, meta
 

@@ -15,8 +15,7 @@ from minivl.data.dataset import DataConfig, MixtureDataset, build_datasets, conv
 from minivl.data.packing import padded_collate_fn
 from minivl.data.synthetic import generate_suite
 from minivl.model import MiniVL
-from minivl.text.template import get_template
-from minivl.text.tokenizer import image_token_id, train_tokenizer
+from minivl.text.tokenizer import image_token_id, train_chat_tokenizer
 from minivl.train.stages import get_stage
 from minivl.train.trainer import add_lora, build_optimizer, latest_checkpoint, map_loader, merge_lora, train
 
@@ -27,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     meta = generate_suite(out, scale="smoke", seed=0)["meta"]["train"]
-    tok = train_tokenizer(conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50,
-                          vocab_size=800)
+    tok = train_chat_tokenizer(conversation_texts(meta), vocab_size=800)
     tok_dir = out / "tokenizer"
     tok.save_pretrained(tok_dir)
     cfg = DataConfig(image_size=112, num_image_token=16, max_dynamic_patch=2, max_length=1024,

@@ -48,6 +48,8 @@ from minivl.text.tokenizer import (
     image_token_id,
     load_tokenizer,
     token_id,
+    tokenizer_fingerprint,
+    train_chat_tokenizer,
     train_tokenizer,
 )
 
@@ -60,5 +62,5 @@ __all__ = [
     "add_internvl_tokens", "build_generation_prompt", "chat_template_jinja", "conversation_segments",
     "default_corpus", "expand_image_placeholders", "expand_video_placeholder", "format_token_rows", "get_template", "image_span",
     "image_token_id", "load_tokenizer", "multi_image_prefix", "parse_response", "preprocess_internvl2_5",
-    "token_id", "token_rows", "train_tokenizer", "validate_conversations", "video_frame_prefix",
+    "token_id", "token_rows", "tokenizer_fingerprint", "train_chat_tokenizer", "train_tokenizer", "validate_conversations", "video_frame_prefix",
 ]

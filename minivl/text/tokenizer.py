@@ -212,6 +212,17 @@ def train_tokenizer(
     return tok
 
 
+def train_chat_tokenizer(texts: Iterable[str], vocab_size: int, template: str = "internvl2_5", **kwargs: Any) -> Any:
+    """:func:`train_tokenizer` on ``texts`` plus the chat template's own text (system prompt and
+    role prefixes) repeated 50 times, so that BPE merges it into a few tokens: every sample
+    pays for it, and a role name such as ``assistant`` would otherwise cost several tokens."""
+    from minivl.text.template import get_template
+
+    tpl = get_template(template)
+    return train_tokenizer(list(texts) + [tpl.system_prompt() + "".join(tpl.roles)] * 50, vocab_size=vocab_size,
+                           template=template, **kwargs)
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A short hash of the vocabulary (every token and its id): caches of models trained with
     one tokenizer key on it, so that a retrained tokenizer of the same size never loads them."""

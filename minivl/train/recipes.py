@@ -176,16 +176,14 @@ def tiny_base_checkpoint(out_dir: str | os.PathLike, meta: str | os.PathLike, pr
     from minivl.config import MiniVLConfig
     from minivl.data.dataset import conversation_texts
     from minivl.model import MiniVL
-    from minivl.text.template import get_template
-    from minivl.text.tokenizer import image_token_id, train_tokenizer
+    from minivl.text.tokenizer import image_token_id, train_chat_tokenizer
 
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
     if preset not in ("smoke", "tiny"):
         raise ValueError(f"tiny_base_checkpoint: preset must be 'smoke' or 'tiny', got {preset!r}")
-    corpus = conversation_texts(meta) + [get_template("internvl2_5").system_prompt()] * 50
-    tok = train_tokenizer(corpus, vocab_size=vocab_size)
+    tok = train_chat_tokenizer(conversation_texts(meta), vocab_size=vocab_size)
     torch.manual_seed(seed)
     config = getattr(MiniVLConfig, preset)(vocab_size=len(tok)).replace(image_token_id=image_token_id(tok))
     MiniVL(config).save_pretrained(out, format=format, tokenizer=tok)

@@ -29,6 +29,7 @@ from minivl.data.synthetic.faulty import CONTENT_FAULTS, FAULT_RATE, FAULT_TYPES
 from minivl.data.synthetic.suite import (
     SPLITS,
     TASKS,
+    ensure_suite,
     format_summary,
     generate_suite,
     generate_task,
@@ -49,6 +50,7 @@ __all__ = [
     "TASKS",
     "box_to_1000",
     "corrupt",
+    "ensure_suite",
     "format_summary",
     "generate_suite",
     "generate_task",

@@ -196,6 +196,20 @@ def suite_stamp_for(scale: str, seed: int) -> dict[str, Any]:
     return {"version": SUITE_VERSION, "scale": scale, "seed": seed}
 
 
+def ensure_suite(out_dir: str | Path, scale: str | None = None, seed: int = 0) -> dict[str, Any] | None:
+    """The whole suite in ``out_dir``, generated unless one with the same stamp (generator
+    version, scale, seed) is already there; a suite of another version, or an unstamped one, is
+    generated over (every file the suite consists of is rewritten). Returns
+    :func:`generate_suite`'s result, or ``None`` when the suite in ``out_dir`` is reused.
+
+    Explained in chapter 6 (notebooks/06_data.ipynb).
+    """
+    scale = get_scale(scale)
+    if read_suite_stamp(out_dir) == suite_stamp_for(scale, seed):
+        return None
+    return generate_suite(out_dir, scale=scale, seed=seed)
+
+
 def read_suite_stamp(out_dir: str | Path) -> dict[str, Any] | None:
     """The ``suite.json`` stamp of the suite in ``out_dir`` (None if there is none or it is unreadable)."""
     try:
