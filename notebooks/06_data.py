@@ -98,7 +98,10 @@ plt.show()
 # seeds), one JSONL file per task and split, and three meta files. The `faulty` task, which
 # holds labelled bad samples for chapter 7, gets its own meta file. Generation is seeded:
 # the same seed gives byte-identical files. The suite is cached per scale under minivl's
-# cache folder (`$MINIVL_CACHE`, else `~/.cache/minivl`), so later chapters reuse it. On a
+# cache folder (`$MINIVL_CACHE`, else `~/.cache/minivl`), so later chapters reuse it:
+# `ensure_suite` generates it unless a suite with the same stamp (`suite.json`: generator
+# version, scale, seed) is already there, so a suite written by an older generator is never
+# reused by mistake. On a
 # 2-core laptop the `cpu` suite (about 12,100 records) takes about 10 seconds.
 
 # %%
@@ -107,17 +110,16 @@ import time
 from pathlib import Path
 
 from minivl.data.records import read_meta
-from minivl.data.synthetic import TASKS, format_summary, generate_suite, split_size
+from minivl.data.synthetic import TASKS, ensure_suite, format_summary, split_size
 from minivl.scale import cache_dir, get_scale, pick
 
 scale = get_scale()
 suite = cache_dir("data", scale)
-metas_needed = [suite / f"{s}{f}.json" for s in ("train", "val", "test") for f in ("", "_faulty")]
-if all(p.exists() for p in metas_needed):
-    print(f"reusing the suite in the cache ({suite.name}/)")
+start = time.perf_counter()
+result = ensure_suite(suite, scale=scale, seed=0)  # generate_suite, unless this version is already cached
+if result is None:
+    print(f"reusing the suite in the cache ({suite.name}/): {json.loads((suite / 'suite.json').read_text())}")
 else:
-    start = time.perf_counter()
-    result = generate_suite(suite, scale=scale, seed=0)
     print(format_summary(result))
     print(f"generated in {time.perf_counter() - start:.1f} s")
 train_meta = suite / "train.json"
@@ -133,8 +135,9 @@ assert all(m.length == split_size(n, "train", scale) * (2 if n == "reasoning" el
 # `show_samples` draws the first records of a task with their question and answer. Every
 # answer can be checked against the picture: each record keeps the facts behind its answer
 # under a `meta` key that training ignores. Some train records carry a `[fault: ...]` tag.
-# About 5% of each train task are replaced by labelled faults (empty, repeated, truncated or
-# garbage answers) for the filtering chapter; a real mixture has such samples too.
+# About 2% of each train task (`FAULT_RATE`) are replaced by labelled faults (empty, repeated,
+# truncated or garbage answers) for the filtering chapter; a real mixture has such samples too,
+# and the quickstart filters them out before training (chapter 7).
 
 # %%
 from minivl.data.synthetic import show_samples
@@ -198,7 +201,10 @@ print(json.dumps({"small_text": meta_json["small_text"]}, indent=2))
 # tokens, while a shape scene (`caption`, `shape_qa`, `grounding`) is read as one tile
 # (`max_dynamic_patch` 1: its shapes are large enough at 112 px), and a `shape_qa` training
 # image carries three questions as a multi-turn conversation, so the image and the system
-# prompt are paid for once per three answers. To see where the compute goes,
+# prompt are paid for once per three answers. Its question type is drawn first, a third each
+# for count, colour and position, and only then the wording: a draw among the five wordings
+# at once would make three questions in five counting ones, and starve the colour and
+# position questions that a small model learns last. To see where the compute goes,
 # `token_length_stats` builds the first samples of each task and measures their lengths.
 
 # %%
@@ -206,12 +212,11 @@ from minivl.config import MiniVLConfig
 from minivl.data.dataset import DataConfig, build_datasets, conversation_texts
 from minivl.data.stats import format_table, mixture_table, token_length_stats
 from minivl.text.template import get_template
-from minivl.text.tokenizer import image_token_id, train_tokenizer
+from minivl.text.tokenizer import image_token_id, train_chat_tokenizer
 
-# the cpu-scale tokenizer (chapter 4), trained on the suite's text; the system prompt is
-# repeated so that BPE merges it into a few tokens
-corpus = conversation_texts(train_meta) + [get_template("internvl2_5").system_prompt()] * 50
-tok = train_tokenizer(corpus, vocab_size=pick(smoke=600, cpu=1000, gpu=1000))
+# the cpu-scale tokenizer (chapter 4), trained on the suite's text plus the template's own
+# text (system prompt, role names) repeated, so that BPE merges it into a few tokens
+tok = train_chat_tokenizer(conversation_texts(train_meta), vocab_size=pick(smoke=600, cpu=1000, gpu=1000))
 model_config = pick(smoke=MiniVLConfig.smoke, cpu=MiniVLConfig.tiny, gpu=MiniVLConfig.tiny)(
     vocab_size=len(tok), image_token_id=image_token_id(tok))
 data_config = DataConfig(image_size=model_config.vision.image_size, num_image_token=model_config.num_image_token,

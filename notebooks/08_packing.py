@@ -508,27 +508,30 @@ print(f"packed / padded: {rates['packed (T=1024, K=48)'] / rates['random padded 
 model.eval()
 
 # %% [markdown]
-# The benchmark (`python benchmarks/packing.py --rounds 3 --per-round 40`: 770 samples, 10%
+# The benchmark (`python benchmarks/packing.py --rounds 3 --per-round 40`: 970 samples, 10%
 # of every task of the cpu suite for the utilisation; three rounds of 40 new samples each,
-# every method trained on exactly the same samples, batches interleaved; medians; 2 CPU
-# cores shared with other jobs) gave:
+# every method trained on exactly the same samples, batches interleaved; medians; 2 idle
+# CPU cores) gave:
 #
 # | method | utilisation | real tokens/s (median) | vs naive (median of rounds) |
 # |---|---|---|---|
-# | naive padding, B = 8, random | 51.4% | 197 | 1.00x |
-# | length-grouped padding, B = 8 | 98.1% | 224 | 1.18x |
-# | InternVL packing, T = 1024, K = 48 | 100% (rows 96% full) | 260 | 1.42x |
+# | naive padding, B = 8, random | 50.7% | 2886 | 1.00x |
+# | length-grouped padding, B = 8 | 97.3% | 4258 | 1.48x |
+# | InternVL packing, T = 1024, K = 48 | 100% (rows 96% full) | 3754 | 1.30x |
 #
 # Packing removes the padding: utilisation goes from about 51% to 100% (a packed row has no
-# padding; its last few slots are simply not there). The speed-up is smaller than the
-# 2x that halving the language model's work suggests, for a reason worth knowing: the
-# **vision tower never sees padding**. Tiles are concatenated, not padded, in every method,
+# padding; its last few slots are simply not there). The speed-up is smaller than the 2x
+# that halving the language model's work suggests, for two reasons worth knowing. The
+# **vision tower never sees padding**: tiles are concatenated, not padded, in every method,
 # so the ViT does the same work everywhere, and in the tiny model it is about a third of
-# the compute (a 112 px tile is 65 ViT tokens of width 128 for 16 LLM tokens of width 256):
-# halving the language model's work then gives about 1.6x at best. Length grouping reaches
-# a similar utilisation but gains less here: its batches of eight long samples carry many
-# tiles at once, and its batches are no longer random; packing keeps the data order random.
-# Single rounds on a shared machine vary a lot (1.3x to 2.0x for packing), hence the medians.
+# the compute (a 112 px tile is 65 ViT tokens of width 128 for 16 LLM tokens of width 256);
+# halving the language model's work then gives about 1.6x at best. And on a CPU the packed
+# row's attention is SDPA with a dense (T, T) block mask: it pays for the whole 1024-token
+# square whatever the samples' own lengths, while a padded batch pays only for its longest
+# sample. Here that makes length grouping, at a similar utilisation, the faster of the two
+# (1.48x against 1.30x; the rounds agree within a few percent). On a GPU, a varlen kernel
+# (FlashAttention's, or `flex_attention`) pays only for each sample's own block, and packing
+# keeps the data order random, which length grouping does not.
 
 # %% [markdown]
 # ## Summary
