@@ -42,8 +42,9 @@ SPLITS = ("train", "val", "test")
 
 SUITE_VERSION = 2
 """Bumped whenever a generator changes what it writes (2: ``shape_qa`` draws the question type
-first). A full suite records it in ``suite.json``; :func:`minivl.quickstart.prepare` regenerates
-a cached suite whose stamp differs, so an old suite is never trained on by mistake."""
+first). A full suite records it in ``suite.json``; :func:`ensure_suite` (used by
+:func:`minivl.quickstart.prepare` and chapters 6 and 8) regenerates a cached suite whose stamp
+differs, so an old suite is never trained on by mistake."""
 
 
 @dataclass(frozen=True)
