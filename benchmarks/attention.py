@@ -24,14 +24,14 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from minivl.scale import default_device, default_dtype, pick, print_environment
+from minivl.scale import pick
 from minivl.train.attention import (
     available_backends,
     cu_seqlens_from_lengths,
     packed_attention,
     position_ids_from_cu_seqlens,
 )
-from minivl.train.measure import fastest_times
+from minivl.train.measure import add_device_arguments, apply_device_arguments, fastest_times
 
 
 def tiny_llm(device: str, dtype: torch.dtype):
@@ -141,14 +141,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         nargs="+",
         default=pick(smoke=[64, 128], cpu=[256, 512, 1024], gpu=[2048, 4096, 8192]),
     )
-    parser.add_argument("--reps", type=int, default=pick(smoke=1, cpu=5, gpu=10))
-    parser.add_argument("--device", default=default_device())
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_device_arguments(parser, reps=pick(smoke=1, cpu=5, gpu=10))
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = default_dtype(args.device)
-    print_environment()
+    dtype = apply_device_arguments(args)
     print(f"backends here: {', '.join(available_backends(args.device, dtype))}\n")
     rows = run(args.lengths, args.reps, args.device, dtype)
     print_table(rows)

@@ -27,8 +27,14 @@ import argparse
 
 import torch
 
-from minivl.scale import default_device, default_dtype, pick, print_environment
-from minivl.train.measure import fastest_times, saved_bytes, storage_keys
+from minivl.scale import pick
+from minivl.train.measure import (
+    add_device_arguments,
+    apply_device_arguments,
+    fastest_times,
+    saved_bytes,
+    storage_keys,
+)
 
 VOCAB_1B = 151_674  # InternVL2.5-1B's LLM (Qwen2.5-0.5B-Instruct) vocabulary
 
@@ -75,14 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--vocab", type=int, default=pick(smoke=4096, cpu=VOCAB_1B, gpu=VOCAB_1B))
     parser.add_argument("--hidden", type=int, default=pick(smoke=64, cpu=128, gpu=896))
     parser.add_argument("--layers", type=int, default=pick(smoke=1, cpu=2, gpu=4))
-    parser.add_argument("--reps", type=int, default=pick(smoke=1, cpu=3, gpu=5))
-    parser.add_argument("--device", default=default_device())
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_device_arguments(parser, reps=pick(smoke=1, cpu=3, gpu=5))
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = default_dtype(args.device)
-    print_environment()
+    dtype = apply_device_arguments(args)
     rows = run(args.tokens, args.supervised, args.vocab, args.hidden, args.layers, args.reps, args.device, dtype)
     base = rows["all positions"]
     print(f"\n{args.tokens} tokens, {args.supervised:.0%} supervised, vocabulary {args.vocab:,}, "

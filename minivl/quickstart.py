@@ -47,7 +47,9 @@ class Recipe:
     vit_warm_scenes: int = 16384
     # (stage, optimizer steps, peak lr): about 7 minutes of training on 2 idle cores; the whole run about 9.
     # Stage 2 at 1e-3 rather than 2e-3: at 2e-3 the result swung with the schedule's length
-    # (5500 steps 50.7 % on shape_qa, 6000 steps 34.5 %); 7000 steps rather than 5500 buy
+    # (on the suite before its question types were balanced: 5500 steps 50.7 % on shape_qa,
+    # 6000 steps 34.5 %), and 1e-3 did better on every question type in the shape-only probe
+    # (scripts/stage2_probe.py); 7000 steps rather than 5500 buy
     # position questions 13 % -> 25 % and charts 5 % -> 14 % for 95 s
     stages: list[tuple[str, int, float]] = field(default_factory=lambda: [
         ("stage1", 200, 2e-3), ("stage1_5", 300, 1e-3), ("stage2", 7000, 1e-3)])

@@ -124,3 +124,22 @@ def test_fastest_times_takes_turns_and_keeps_the_minimum(monkeypatch):
     out = measure.fastest_times({"a": step("a"), "b": step("b")}, reps=2)
     assert order == ["a", "b", "a", "b", "a", "b"]  # warm-up round first, then 2 timed rounds
     assert out == {"a": 3.0, "b": 2.0}  # the warm-up's 9 and 1 are not counted
+
+
+def test_device_arguments_set_threads_and_pick_the_dtype(capsys):
+    import argparse
+
+    import minivl.train.measure as measure
+
+    parser = argparse.ArgumentParser()
+    measure.add_device_arguments(parser, reps=7)
+    args = parser.parse_args(["--device", "cpu", "--threads", "1"])
+    assert (args.reps, args.device, args.threads) == (7, "cpu", 1)
+    before = torch.get_num_threads()
+    try:
+        assert measure.apply_device_arguments(args) == torch.float32  # float32 on CPU
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "torch threads" in capsys.readouterr().out  # the environment is printed
+    assert parser.parse_args([]).threads is None  # torch's own choice unless asked

@@ -13,13 +13,15 @@ measures the same quantities on a real (tiny) model, so the two can be put side 
 * :func:`count_flops`: the FLOPs ``FlopCounterMode`` counts for a function (attention forced
   to the math backend so its matrix products are counted too);
 * :func:`fastest_times`: wall time of several functions measured in turns, for the
-  same-process ratios of ``benchmarks/``.
+  same-process ratios of ``benchmarks/``; :func:`add_device_arguments` and
+  :func:`apply_device_arguments` give those benchmarks their shared command-line options.
 
 Explained in chapter 13 (notebooks/13_scaling_up.ipynb).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import time
 import weakref
@@ -175,5 +177,27 @@ def fastest_times(steps: dict[str, Callable[[], Any]], reps: int, device: str = 
     return {name: min(values) for name, values in times.items()}
 
 
-__all__ = ["LiveTensors", "count_flops", "fastest_times", "saved_bytes", "storage_key", "storage_keys",
+def add_device_arguments(parser: argparse.ArgumentParser, reps: int) -> None:
+    """The options the speed benchmarks share: ``--reps`` timed rounds (default ``reps``),
+    ``--device`` (default: CUDA when present) and ``--threads`` (torch CPU threads)."""
+    from minivl.scale import default_device
+
+    parser.add_argument("--reps", type=int, default=reps, help="timed rounds; the fastest one counts")
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def apply_device_arguments(args: argparse.Namespace) -> torch.dtype:
+    """Set torch's CPU threads from ``args.threads`` (when given), print the environment, and
+    return the default dtype of ``args.device`` (bf16 on CUDA, float32 on CPU)."""
+    from minivl.scale import default_dtype, print_environment
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = default_dtype(args.device)
+    print_environment()
+    return dtype
+
+
+__all__ = ["LiveTensors", "add_device_arguments", "apply_device_arguments", "count_flops", "fastest_times", "saved_bytes", "storage_key", "storage_keys",
            "training_state_bytes"]
