@@ -50,18 +50,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=None, help="peak lr (default: the recipe's stage-2 lr)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--llm-layers", type=int, nargs="+", default=[LLM_SIZES["S"][1]])
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="tile side in px (default: the recipe's); another size retrains the workspace's ViT, "
+                             "so give it its own --out")
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     scale = get_scale()
-    ws = prepare(args.out, scale, RECIPES[scale], progress=False)
+    recipe = RECIPES[scale]
+    if args.image_size is not None:
+        recipe = dataclasses.replace(recipe, image_size=args.image_size)
+    ws = prepare(args.out, scale, recipe, progress=False)
     if args.lr is None:
-        args.lr = next(lr for name, _, lr in RECIPES[scale].stages if name == "stage2")
+        args.lr = next(lr for name, _, lr in recipe.stages if name == "stage2")
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
-          f"held-out shape_qa ({scale} scale)")
+          f"{recipe.image_size} px tiles; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
     for layers in args.llm_layers:
         size, llm = llm_of_depth(ws, layers)

@@ -113,3 +113,21 @@ def test_prepare_regenerates_a_suite_of_another_version(tmp_path, capsys):
     assert "regenerated it" in capsys.readouterr().out
     assert shape_qa.read_text() == original and not (tok_dir / "marker").exists()  # suite and tokenizer rebuilt
     assert read_suite_stamp(data)["version"] == SUITE_VERSION
+
+
+def test_recipe_image_size_sets_the_tile_of_the_vit_and_its_warm_start(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from minivl.quickstart import build_model, prepare, vision_config
+
+    recipe = dataclasses.replace(RECIPES["smoke"], image_size=84)
+    assert vision_config(recipe).image_size == 84
+    ws = prepare(tmp_path / "ws", scale="smoke", recipe=recipe, progress=False)
+    assert ws.vit.config.image_size == 84 and ws.vit_info["key"]["config"]["image_size"] == 84
+    model = build_model(ws)
+    # 84 px / 14 px patches = 6 x 6 patches; pixel unshuffle (0.5) -> 3 x 3 = 9 tokens, one per scene cell
+    assert model.num_image_token == 9
+    with torch.no_grad():
+        assert model.extract_feature(torch.zeros(2, 3, 84, 84)).shape == (2, 9, model.config.llm["hidden_size"])
