@@ -199,6 +199,46 @@ for name in ("shape_qa", "reasoning"):
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
 #
+# ## Where the errors are
+#
+# A score per task says how much the model gets right, not what it has failed to learn. The
+# suite's records keep the scene they were drawn from (`meta`), so `evaluate_suite` can split a
+# task's score by any property of its records: `group_by=scene_question_group` keys every
+# `shape_qa` question by its type and the number of shapes in its image. If the model could
+# not see, every column would be as bad as the first; if it sees but cannot tell which colour
+# belongs to which shape, one-shape images are easy and accuracy falls as shapes are added.
+
+# %%
+from minivl.eval.suite import scene_question_group
+
+grouped = evaluate_suite(model, tok, TEST_META, tasks=["shape_qa"], per_task=per_task, details=True,
+                         group_by=scene_question_group)["tasks"]["shape_qa"].by_group
+qtypes = sorted({q for q, _ in grouped})
+counts = sorted({n for _, n in grouped})
+print(f"{'shapes in the image':<20}" + "".join(f"{n:>10}" for n in counts))
+for q in qtypes:
+    cells = [grouped.get((q, n)) for n in counts]
+    print(f"{q:<20}" + "".join(f"{'-':>10}" if c is None else f"{c[0]:>6.0%} ({c[1]:>2})" for c in cells))
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for q in qtypes:
+    ns = [n for n in counts if (q, n) in grouped]
+    ax.plot(ns, [grouped[(q, n)][0] for n in ns], "o-", label=q)
+ax.set(xlabel="shapes in the image", ylabel="accuracy", ylim=(0, 1.05), xticks=counts,
+       title="shape_qa: accuracy by question type and scene size")
+ax.legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# At `cpu` scale (the quickstart model; each cell holds 15-35 questions, so a cell's standard
+# error is about 9 points) the second picture is the one we see. With one shape in the image,
+# colour questions are all right (33 of 33) and position questions half right; with four or
+# five shapes, colour falls to 43 % and 36 %, and position to 0-30 %. Counting falls less
+# (75 % -> 50-66 %). So the ViT and projector do carry what is in the image (a one-shape scene is read
+# perfectly); what the 2-layer LLM has not learnt in its minutes of stage 2 is to pick, among
+# several image tokens, the one whose kind the question names and to read *its* colour or
+# cell: binding an attribute to an object. Exercise 4 asks you to find out what moves it.
+#
 # ## The metrics, worked by hand
 #
 # **Relaxed accuracy** (ChartQA): a number within 5 % of the gold number is right, anything
@@ -423,3 +463,8 @@ else:
 #    line (`7 - 5 = 2.`) with Python and keep the first chain whose arithmetic is right.
 #    Plot this "Best-of-k" next to maj@k. Why can it beat voting when single chains are at
 #    chance?
+# 4. **Hard.** Move the binding curve of "Where the errors are". With
+#    `scripts/stage2_probe.py` (stage 2 alone, about 90 s a seed on 2 cores), try a change
+#    and re-plot the curve with `scene_question_group`: 84 px tiles (`--image-size 84`: one
+#    image token per scene cell), a deeper LLM (`--llm-layers 4`), or more steps. Compare
+#    means over at least two seeds: single runs differ by 5 points.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from minivl.data.records import parse_record
-from minivl.eval.suite import evaluate_suite, majority_baseline, score_answer
+from minivl.eval.suite import evaluate_suite, majority_baseline, scene_question_group, score_answer
 
 
 def rec(answer, meta=None, kind_image=True):
@@ -83,6 +83,15 @@ def test_evaluate_suite_counts_every_record(tmp_path):
     assert sum(n for _, n in by_type.values()) == 2
     assert by_type[types[0]][0] == pytest.approx(0.0 if types[0] != types[1] else 0.5)
     assert sum(n for _, n in out["tasks"]["video"].by_type.values()) == 2  # video names its types too
+    assert out["tasks"]["shape_qa"].by_group == {}  # no group_by asked for
+    # grouped by (question type, number of shapes): the wrong first record scores 0 in its group;
+    # video records have no shapes in their meta, so scene_question_group leaves them out
+    grouped = evaluate_suite(Oracle(gold), None, meta, tasks=["shape_qa", "video"], batch_size=2, details=True,
+                             group_by=scene_question_group)["tasks"]
+    keys = [(r.extra["meta"]["question_type"], len(r.extra["meta"]["shapes"])) for r in records]
+    assert grouped["shape_qa"].by_group[keys[0]] == pytest.approx((0.0 if keys[0] != keys[1] else 0.5, 1 + (keys[0] == keys[1])))
+    assert grouped["shape_qa"].by_group[keys[1]][0] == pytest.approx(1.0 if keys[0] != keys[1] else 0.5)
+    assert grouped["video"].by_group == {}
     with pytest.raises(KeyError, match="cannot score tasks \\['caption'\\]"):
         evaluate_suite(Oracle(gold), None, meta, tasks=["caption"])
     base = majority_baseline(meta, tasks=["shape_qa"])

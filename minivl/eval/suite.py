@@ -16,7 +16,7 @@ Explained in chapter 15 (notebooks/15_evaluation_and_test_time_scaling.ipynb).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,20 @@ class TaskScore:
     # records whose meta names a ``question_type`` (shape_qa: count / colour / position):
     # type -> (mean score, number of records)
     by_type: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # with ``evaluate_suite(group_by=...)``: group -> (mean score, number of records), records
+    # the function maps to None left out
+    by_group: dict[Hashable, tuple[float, int]] = field(default_factory=dict)
+
+
+def scene_question_group(record: Record) -> tuple[str, int] | None:
+    """``(question type, number of shapes)`` of a shape-scene question (``shape_qa``), else None:
+    a ``group_by`` for :func:`evaluate_suite` that shows whether errors grow with the shapes in
+    the image (chapter 15: a model that sees one shape but cannot yet bind colour to kind
+    among several)."""
+    meta = record.extra.get("meta", {})
+    if "question_type" not in meta or "shapes" not in meta:
+        return None
+    return meta["question_type"], len(meta["shapes"])
 
 
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
@@ -89,12 +103,14 @@ def _pixels(record: Record, meta, image_size: int, max_num: int | None):
 
 def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | None = None,
                    per_task: int | None = None, max_num: int | None = None, batch_size: int = 16,
-                   max_new_tokens: int = 96, progress: bool = False, details: bool = False) -> dict[str, Any]:
+                   max_new_tokens: int = 96, progress: bool = False, details: bool = False,
+                   group_by: Callable[[Record], Hashable | None] | None = None) -> dict[str, Any]:
     """Greedy answers of ``model`` on the first ``per_task`` records of each task of ``meta``.
 
     ``max_num`` overrides every task's tile budget (e.g. 1 to see what dynamic tiling buys).
     Returns ``{task: score, ..., "all": mean}``, or with ``details`` the :class:`TaskScore` of
-    each task under ``"tasks"`` as well.
+    each task under ``"tasks"`` as well. ``group_by`` (a record -> a key, or None to leave the
+    record out, e.g. :func:`scene_question_group`) fills each ``TaskScore.by_group``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -113,6 +129,7 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
         records = m.read_records(strict=False)[0][: per_task or None]
         total, unparseable, examples = 0.0, 0, []
         type_sums: dict[str, list[float]] = defaultdict(list)
+        group_sums: dict[Hashable, list[float]] = defaultdict(list)
         for start in tqdm(range(0, len(records), batch_size), desc=f"eval {task}", disable=not progress):
             chunk = records[start:start + batch_size]
             pixels, patches, counts, questions = [], [], [], []
@@ -133,11 +150,15 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
                 qtype = r.extra.get("meta", {}).get("question_type")
                 if qtype is not None:
                     type_sums[qtype].append(s)
+                key = group_by(r) if group_by is not None else None
+                if key is not None:
+                    group_sums[key].append(s)
                 if len(examples) < 3:
                     examples.append((a, r.conversations[-1]["value"]))
         by_type = {t: (sum(v) / len(v), len(v)) for t, v in sorted(type_sums.items())}
+        by_group = {g: (sum(v) / len(v), len(v)) for g, v in sorted(group_sums.items())}
         results[task] = TaskScore(task, METRIC[task], total / max(1, len(records)), len(records), unparseable, examples,
-                                  by_type)
+                                  by_type, by_group)
     model.train(was_training)
     out: dict[str, Any] = {t: r.score for t, r in results.items()}
     out["all"] = sum(r.score for r in results.values()) / len(results)
