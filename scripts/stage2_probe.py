@@ -10,6 +10,15 @@ than LLM-S's get their own warm start (``llm_S<depth>`` under ``--out``), 128 wi
     MINIVL_SCALE=cpu python scripts/stage2_probe.py --seeds 0 1 2 --llm-layers 2 4
 
 Single runs differ by several points from seed to seed at this size; compare means.
+
+``--oracle-vision`` asks whether the eyes or the brain limit the model: every caption and
+shape_qa image of the workspace is repainted as its 3 x 3 scene cells filled with flat grey
+codes (empty, or one of the 16 kind x colour classes), and the ViT + projector are replaced
+by an exact reader of those codes, a learned embedding per code plus one per cell. The
+image tokens then say perfectly what is in each cell; what is left to learn is the LLM's
+part. It needs 84 px tiles (one token per cell) and a workspace of its own:
+
+    MINIVL_SCALE=cpu python scripts/stage2_probe.py --oracle-vision --out runs/oracle --tasks shape_qa
 """
 
 from __future__ import annotations
@@ -17,16 +26,86 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import torch
+from PIL import Image
+from torch import nn
 
+from minivl.data.synthetic.common import CELL_NAMES
 from minivl.eval.suite import evaluate_suite
 from minivl.quickstart import RECIPES, build_model, prepare
 from minivl.scale import get_scale
 from minivl.train.report import train_packed
 from minivl.train.stages import get_stage
 from minivl.train.warmstart import LLM_SIZES, suite_conversations, warm_start_llm
+from minivl.vision.transforms import IMAGENET_MEAN, IMAGENET_STD
+from minivl.vision.warmstart import NUM_CLASSES, cell_label
+
+ORACLE_TILE = 84  # 6 x 6 patches of 14 px -> 3 x 3 image tokens after pixel unshuffle: one per scene cell
+ORACLE_EMPTY, ORACLE_STEP = 8, 14  # grey level of an empty cell, and the step per class (class 16 -> 232)
+
+
+def paint_oracle_scenes(data_dir: str | Path, tasks=("caption", "shape_qa"), splits=("train", "val", "test")) -> int:
+    """Repaint every scene image of ``tasks`` under ``data_dir`` (a generated suite) as its 3 x 3
+    cells, each a flat grey of level ``ORACLE_EMPTY + ORACLE_STEP * class`` (class: 0 empty,
+    else :func:`minivl.vision.warmstart.cell_label` of the cell's shape). Records without a
+    scene in their meta (faulty copies) keep their image. Returns the number of images painted."""
+    data_dir, painted = Path(data_dir), 0
+    for split in splits:
+        for task in tasks:
+            path = data_dir / "annotations" / split / f"{task}.jsonl"
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                meta = record.get("meta", {})
+                if "shapes" not in meta or not isinstance(record.get("image"), str):
+                    continue
+                width, height = meta["width"], meta["height"]
+                image = Image.new("RGB", (width, height), (ORACLE_EMPTY,) * 3)
+                for shape in meta["shapes"]:
+                    row, col = divmod(CELL_NAMES.index(shape["position"]), 3)
+                    level = ORACLE_EMPTY + ORACLE_STEP * cell_label(shape["kind"], shape["colour"])
+                    image.paste((level,) * 3, (col * width // 3, row * height // 3,
+                                                (col + 1) * width // 3, (row + 1) * height // 3))
+                image.save(data_dir / "images" / split / task / record["image"])
+                painted += 1
+    return painted
+
+
+class OracleVision(nn.Module):
+    """84 px tiles of painted scenes -> 9 image tokens: each cell's class read back from its
+    mean grey level, then a learned embedding of the class plus a learned embedding of the cell."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.classes = nn.Embedding(NUM_CLASSES, hidden_size)
+        self.cells = nn.Parameter(torch.randn(9, hidden_size) * 0.02)
+
+    @staticmethod
+    def read_classes(pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised tiles (N, 3, 84, 84) -> the class of each cell (N, 9), row-major."""
+        n, _, side, _ = pixel_values.shape
+        if side != ORACLE_TILE:
+            raise ValueError(f"the oracle reads {ORACLE_TILE} px tiles, got {side} px (use --image-size {ORACLE_TILE})")
+        grey = (pixel_values[:, 0].float() * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255  # red channel, 0-255
+        cell = side // 3
+        means = grey.reshape(n, 3, cell, 3, cell).mean((2, 4)).flatten(1)  # (N, 3, 28, 3, 28) -> (N, 9)
+        return ((means - ORACLE_EMPTY) / ORACLE_STEP).round().clamp(0, NUM_CLASSES - 1).long()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classes(self.read_classes(pixel_values)) + self.cells  # (N, 9, H)
+
+
+def attach_oracle_vision(model) -> None:
+    """Make ``model`` read its image tokens with an :class:`OracleVision` (registered under the
+    projector, so stage 2 trains it at the projector's learning rate)."""
+    model.mlp1.add_module("oracle", OracleVision(model.config.llm["hidden_size"]))
+    dtype = model.mlp1[1].weight.dtype
+    model.extract_feature = lambda pixel_values: model.mlp1.oracle(pixel_values.to(dtype))
 
 
 def llm_of_depth(ws, layers: int):
@@ -53,6 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=None,
                         help="tile side in px (default: the recipe's); another size retrains the workspace's ViT, "
                              "so give it its own --out")
+    parser.add_argument("--oracle-vision", action="store_true",
+                        help="repaint the scenes under --out and read them exactly (see above); needs its own --out")
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -60,20 +141,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     scale = get_scale()
     recipe = RECIPES[scale]
+    if args.oracle_vision:
+        if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
+            parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
+        args.image_size = ORACLE_TILE
     if args.image_size is not None:
         recipe = dataclasses.replace(recipe, image_size=args.image_size)
     ws = prepare(args.out, scale, recipe, progress=False)
+    if args.oracle_vision:
+        print(f"oracle vision: {paint_oracle_scenes(Path(args.out) / 'data')} scene images repainted")
     if args.lr is None:
         args.lr = next(lr for name, _, lr in recipe.stages if name == "stage2")
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
-          f"{recipe.image_size} px tiles; held-out shape_qa ({scale} scale)")
+          f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
     for layers in args.llm_layers:
         size, llm = llm_of_depth(ws, layers)
         for seed in args.seeds:
             run_ws = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, seed=seed))
             model = build_model(run_ws, language_model=copy.deepcopy(llm))
+            if args.oracle_vision:
+                attach_oracle_vision(model)
             r = run_ws.recipe
             stage = get_stage("stage2", "tiny", max_steps=args.steps, lr=args.lr, seed=seed,
                               max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
