@@ -92,6 +92,10 @@ def test_evaluate_suite_counts_every_record(tmp_path):
     assert grouped["shape_qa"].by_group[keys[0]] == pytest.approx((0.0 if keys[0] != keys[1] else 0.5, 1 + (keys[0] == keys[1])))
     assert grouped["shape_qa"].by_group[keys[1]][0] == pytest.approx(1.0 if keys[0] != keys[1] else 0.5)
     assert grouped["video"].by_group == {}
+    # keys that do not sort together (a str and a tuple) are kept in first-seen order
+    mixed = evaluate_suite(Oracle(gold), None, meta, tasks=["shape_qa"], batch_size=2, details=True,
+                           group_by=lambda r: "first" if r is records[0] or r.id == records[0].id else (1, 2))
+    assert list(mixed["tasks"]["shape_qa"].by_group) == ["first", (1, 2)]
     with pytest.raises(KeyError, match="cannot score tasks \\['caption'\\]"):
         evaluate_suite(Oracle(gold), None, meta, tasks=["caption"])
     base = majority_baseline(meta, tasks=["shape_qa"])

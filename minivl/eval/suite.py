@@ -156,7 +156,11 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
                 if len(examples) < 3:
                     examples.append((a, r.conversations[-1]["value"]))
         by_type = {t: (sum(v) / len(v), len(v)) for t, v in sorted(type_sums.items())}
-        by_group = {g: (sum(v) / len(v), len(v)) for g, v in sorted(group_sums.items())}
+        try:
+            grouped = sorted(group_sums.items())
+        except TypeError:  # keys that do not compare (mixed types): first-seen order
+            grouped = list(group_sums.items())
+        by_group = {g: (sum(v) / len(v), len(v)) for g, v in grouped}
         results[task] = TaskScore(task, METRIC[task], total / max(1, len(records)), len(records), unparseable, examples,
                                   by_type, by_group)
     model.train(was_training)
