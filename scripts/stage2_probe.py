@@ -19,6 +19,9 @@ image tokens then say perfectly what is in each cell; what is left to learn is t
 part. It needs 84 px tiles (one token per cell) and a workspace of its own:
 
     MINIVL_SCALE=cpu python scripts/stage2_probe.py --oracle-vision --out runs/oracle --tasks shape_qa
+
+Add ``--through-projector`` to feed the oracle's vectors through the MLP projector, as real
+ViT features are, and see whether the projector path keeps what the tokens say.
 """
 
 from __future__ import annotations
@@ -100,12 +103,25 @@ class OracleVision(nn.Module):
         return self.classes(self.read_classes(pixel_values)) + self.cells  # (N, 9, H)
 
 
-def attach_oracle_vision(model) -> None:
+def attach_oracle_vision(model, through_projector: bool = False) -> None:
     """Make ``model`` read its image tokens with an :class:`OracleVision` (registered under the
-    projector, so stage 2 trains it at the projector's learning rate)."""
-    model.mlp1.add_module("oracle", OracleVision(model.config.llm["hidden_size"]))
-    dtype = model.mlp1[1].weight.dtype
-    model.extract_feature = lambda pixel_values: model.mlp1.oracle(pixel_values.to(dtype))
+    projector, so stage 2 trains it at the projector's learning rate). With
+    ``through_projector`` the oracle's vectors are as wide as the ViT's output after pixel
+    unshuffle and go through the model's MLP projector, as real ViT features do: the probe
+    then tells whether the projector path, rather than the ViT, loses what the tokens say."""
+    projector = model.mlp1
+    width = projector[0].normalized_shape[0] if through_projector else model.config.llm["hidden_size"]
+    projector.add_module("oracle", OracleVision(width))
+    dtype = projector[1].weight.dtype
+
+    def extract_feature(pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = projector.oracle(pixel_values.to(dtype))
+        if through_projector:
+            for layer in list(projector)[:-1]:  # LayerNorm, Linear, GELU, Linear (the oracle is last)
+                tokens = layer(tokens)
+        return tokens
+
+    model.extract_feature = extract_feature
 
 
 def llm_of_depth(ws, layers: int):
@@ -134,6 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "so give it its own --out")
     parser.add_argument("--oracle-vision", action="store_true",
                         help="repaint the scenes under --out and read them exactly (see above); needs its own --out")
+    parser.add_argument("--through-projector", action="store_true",
+                        help="with --oracle-vision: feed the oracle's vectors through the MLP projector")
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -141,6 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     scale = get_scale()
     recipe = RECIPES[scale]
+    if args.through_projector and not args.oracle_vision:
+        parser.error("--through-projector needs --oracle-vision")
     if args.oracle_vision:
         if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
             parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
@@ -154,7 +174,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.lr = next(lr for name, _, lr in recipe.stages if name == "stage2")
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
-          f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}; held-out shape_qa ({scale} scale)")
+          f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}"
+          f"{' through the projector' if args.through_projector else ''}; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
     for layers in args.llm_layers:
         size, llm = llm_of_depth(ws, layers)
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run_ws = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, seed=seed))
             model = build_model(run_ws, language_model=copy.deepcopy(llm))
             if args.oracle_vision:
-                attach_oracle_vision(model)
+                attach_oracle_vision(model, through_projector=args.through_projector)
             r = run_ws.recipe
             stage = get_stage("stage2", "tiny", max_steps=args.steps, lr=args.lr, seed=seed,
                               max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,

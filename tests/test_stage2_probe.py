@@ -53,3 +53,23 @@ def test_oracle_vision_reads_back_every_cell_of_painted_scenes(tmp_path):
     assert tokens.shape == (2, 9, 8)
     with pytest.raises(ValueError, match="84 px tiles"):
         oracle.read_classes(torch.zeros(1, 3, 112, 112))
+
+
+def test_oracle_through_the_projector_trains_the_projector(tmp_path):
+    from minivl.config import MiniVLConfig, VisionConfig
+    from minivl.model import MiniVL
+
+    probe = _probe()
+    vision = VisionConfig.tiny(image_size=84, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)
+    llm = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 1}
+    for through in (False, True):
+        model = MiniVL(MiniVLConfig(vision=vision, llm=llm, image_token_id=3))
+        probe.attach_oracle_vision(model, through_projector=through)
+        assert model.mlp1.oracle.classes.embedding_dim == (16 * 4 if through else 24)  # 2 x 2 unshuffled patches
+        pixels = torch.randn(2, 3, 84, 84)
+        tokens = model.extract_feature(pixels)
+        assert tokens.shape == (2, 9, 24)
+        tokens.sum().backward()
+        assert (model.mlp1[1].weight.grad is not None) == through  # the projector is on the path only when asked
