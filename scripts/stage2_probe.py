@@ -113,13 +113,12 @@ def attach_oracle_vision(model, through_projector: bool = False) -> None:
     width = projector[0].normalized_shape[0] if through_projector else model.config.llm["hidden_size"]
     projector.add_module("oracle", OracleVision(width))
     dtype = projector[1].weight.dtype
+    # the projector's own layers (LayerNorm, Linear, GELU, Linear): all but the oracle, added last
+    layers = nn.Sequential(*list(projector)[:-1])
 
     def extract_feature(pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = projector.oracle(pixel_values.to(dtype))
-        if through_projector:
-            for layer in list(projector)[:-1]:  # LayerNorm, Linear, GELU, Linear (the oracle is last)
-                tokens = layer(tokens)
-        return tokens
+        return layers(tokens) if through_projector else tokens
 
     model.extract_feature = extract_feature
 
@@ -164,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.oracle_vision:
         if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
             parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
+        if args.image_size not in (None, ORACLE_TILE):
+            parser.error(f"--oracle-vision reads {ORACLE_TILE} px tiles (one token per scene cell), not {args.image_size}")
         args.image_size = ORACLE_TILE
     if args.image_size is not None:
         recipe = dataclasses.replace(recipe, image_size=args.image_size)
