@@ -65,6 +65,9 @@ class Recipe:
     vision_lr_scale: float = 0.1
     # InternVL's 0.1 regularises a 24-layer ViT; a 2-layer one only gets noisier gradients
     drop_path_rate: float = 0.0
+    # the fresh projector's last Linear (weight and bias) times this: image tokens start louder
+    # than the LLM's text embeddings (see build_model)
+    projector_init_scale: float = 1.0
     max_packed_tokens: int = 1024
     num_images_expected: int = 24
     max_dynamic_patch: int = 6
@@ -192,7 +195,10 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
 
 def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool = True):
     """Step 4: MiniVL = the recipe's InternViT (warm-started unless ``pretrained_vit=False``) +
-    a fresh projector + the warm-started LLM."""
+    a fresh projector + the warm-started LLM.
+
+    The projector keeps InternVL's architecture and PyTorch's default initialisation, except
+    that its last Linear is multiplied by ``recipe.projector_init_scale``."""
     import torch
 
     from minivl.config import MiniVLConfig
@@ -215,6 +221,10 @@ def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool 
     config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer)),
                           image_token_id=image_token_id(ws.tokenizer))
     model = MiniVL(config, language_model=llm)
+    if r.projector_init_scale != 1.0:
+        with torch.no_grad():
+            for p in model.mlp1[-1].parameters():
+                p.mul_(r.projector_init_scale)
     if pretrained_vit and ws.vit is not None:
         model.vision_model.load_state_dict(ws.vit.state_dict())
     enable_packed_attention(model.language_model)
@@ -236,11 +246,24 @@ def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress
     return train_packed(ws, model, stage, output_dir=output_dir, progress=progress)
 
 
+def state_digest(model) -> str:
+    """A short hash of ``model``'s weights (names, shapes and values)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, cache: str | Path,
                        progress: bool = False):
     """:func:`train_stage`, or its result loaded from ``cache`` when a run of the same stage,
-    steps and learning rate on a model of the same shape saved it there (chapters 10-12 use
-    this so that a second run of a chapter takes seconds).
+    steps and learning rate, from the same starting weights and recipe, saved it there (chapters
+    10-12 use this so that a second run of a chapter takes seconds).
 
     Returns ``(model, record)``: the trained (or loaded) model with packed attention on, and
     ``{"stage", "steps", "lr", "seconds", "history", "loaded"}``.
@@ -250,8 +273,12 @@ def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, c
     from minivl.train.attention import enable_packed_attention
 
     cache = Path(cache)
-    # the tokenizer's fingerprint stands for the data: a regenerated suite retrains the tokenizer
-    key = {"stage": name, "steps": steps, "lr": lr, "tokenizer": tokenizer_fingerprint(ws.tokenizer)}
+    # the tokenizer's fingerprint stands for the data: a regenerated suite retrains the tokenizer;
+    # the starting weights and the recipe's training knobs (ViT lr scale, drop path, packing)
+    # must match too
+    knobs = {k: v for k, v in asdict(ws.recipe).items() if k not in ("stages", "eval_per_task")}
+    key = {"stage": name, "steps": steps, "lr": lr, "tokenizer": tokenizer_fingerprint(ws.tokenizer),
+           "start": state_digest(model), "recipe": knobs}
     path = cache / "history.json"
     if path.exists() and (cache / "model" / "config.json").exists():
         record = json.loads(path.read_text())

@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=None,
                         help="tile side in px (default: the recipe's); another size retrains the workspace's ViT, "
                              "so give it its own --out")
+    parser.add_argument("--projector-init-scale", type=float, default=None,
+                        help="multiply the fresh projector's last Linear by this (default: the recipe's)")
     parser.add_argument("--oracle-vision", action="store_true",
                         help="repaint the scenes under --out and read them exactly (see above); needs its own --out")
     parser.add_argument("--through-projector", action="store_true",
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.image_size = ORACLE_TILE
     if args.image_size is not None:
         recipe = dataclasses.replace(recipe, image_size=args.image_size)
+    if args.projector_init_scale is not None:
+        recipe = dataclasses.replace(recipe, projector_init_scale=args.projector_init_scale)
     ws = prepare(args.out, scale, recipe, progress=False)
     if args.oracle_vision:
         print(f"oracle vision: {paint_oracle_scenes(Path(args.out) / 'data')} scene images repainted")
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
           f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}"
-          f"{' through the projector' if args.through_projector else ''}; held-out shape_qa ({scale} scale)")
+          f"{' through the projector' if args.through_projector else ''}; projector's last layer at "
+          f"{recipe.projector_init_scale:g}x its default init; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
     for layers in args.llm_layers:
         size, llm = llm_of_depth(ws, layers)

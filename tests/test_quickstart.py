@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from minivl.model import MiniVL
@@ -87,6 +88,29 @@ def test_train_stage_cached_trains_once_then_loads(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     _, other = train_stage_cached(ws, build_model(ws), "stage1", 2, 1e-3, tmp_path / "c")  # another lr: retrain
     assert not other["loaded"]
+    # other starting weights, or another recipe knob, retrain too
+    louder = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, projector_init_scale=3.0))
+    _, other = train_stage_cached(louder, build_model(louder), "stage1", 2, 1e-3, tmp_path / "c")
+    assert not other["loaded"]
+    slower = dataclasses.replace(louder, recipe=dataclasses.replace(louder.recipe, vision_lr_scale=0.5))
+    _, other = train_stage_cached(slower, build_model(slower), "stage1", 2, 1e-3, tmp_path / "c")
+    assert not other["loaded"]
+    _, again = train_stage_cached(slower, build_model(slower), "stage1", 2, 1e-3, tmp_path / "c")
+    assert again["loaded"]
+
+
+def test_recipe_projector_init_scale_scales_only_the_projectors_last_layer(tmp_path):
+    import torch
+
+    from minivl.quickstart import build_model, prepare
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    plain = build_model(ws)
+    loud = build_model(dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, projector_init_scale=5.0)))
+    last = {f"mlp1.{len(plain.mlp1) - 1}.weight", f"mlp1.{len(plain.mlp1) - 1}.bias"}
+    for k, v in plain.state_dict().items():
+        expected = v * 5.0 if k in last else v
+        assert torch.allclose(loud.state_dict()[k], expected), k
 
 
 def test_prepare_regenerates_a_suite_of_another_version(tmp_path, capsys):
