@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from minivl.data.synthetic.common import CELL_NAMES
+from minivl.data.synthetic.common import CELL_NAMES, COLOURS, SHAPES
 from minivl.eval.suite import evaluate_suite
 from minivl.quickstart import RECIPES, build_model, prepare
 from minivl.scale import get_scale
@@ -81,12 +82,20 @@ def paint_oracle_scenes(data_dir: str | Path, tasks=("caption", "shape_qa"), spl
 
 class OracleVision(nn.Module):
     """84 px tiles of painted scenes -> 9 image tokens: each cell's class read back from its
-    mean grey level, then a learned embedding of the class plus a learned embedding of the cell."""
+    mean grey level, then a learned embedding of the class plus a learned embedding of the cell.
 
-    def __init__(self, hidden_size: int) -> None:
+    With ``kind_noise`` p, each occupied cell's *kind* is misread as one of the other kinds with
+    probability p (its colour is kept), as a ViT that tells colours apart perfectly but kinds
+    only most of the time would. The same tile, pixel for pixel, is misread the same way every
+    time (a hash of its pixels seeds the draw); an augmented copy is another draw."""
+
+    def __init__(self, hidden_size: int, kind_noise: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= kind_noise <= 1.0:
+            raise ValueError(f"kind_noise is a probability, got {kind_noise}")
         self.classes = nn.Embedding(NUM_CLASSES, hidden_size)
         self.cells = nn.Parameter(torch.randn(9, hidden_size) * 0.02)
+        self.kind_noise = kind_noise
 
     @staticmethod
     def read_classes(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -99,19 +108,37 @@ class OracleVision(nn.Module):
         means = grey.reshape(n, 3, cell, 3, cell).mean((2, 4)).flatten(1)  # (N, 3, 28, 3, 28) -> (N, 9)
         return ((means - ORACLE_EMPTY) / ORACLE_STEP).round().clamp(0, NUM_CLASSES - 1).long()
 
+    def misread_kinds(self, pixel_values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``classes`` (N, 9) with each occupied cell's kind replaced, with probability
+        ``kind_noise``, by another kind drawn uniformly; colour and empty cells are kept."""
+        n_colours = len(COLOURS)
+        out = classes.clone()
+        for i, tile in enumerate(pixel_values):
+            seed = int(hashlib.sha1(tile.detach().float().cpu().numpy().tobytes()).hexdigest()[:8], 16)
+            g = torch.Generator().manual_seed(seed)
+            flip = (torch.rand(9, generator=g) < self.kind_noise) & (classes[i] > 0)
+            kind, colour = (classes[i] - 1) // n_colours, (classes[i] - 1) % n_colours
+            other = (kind + torch.randint(1, len(SHAPES), (9,), generator=g)) % len(SHAPES)
+            out[i] = torch.where(flip, 1 + other * n_colours + colour, classes[i])
+        return out
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.classes(self.read_classes(pixel_values)) + self.cells  # (N, 9, H)
+        classes = self.read_classes(pixel_values)
+        if self.kind_noise:
+            classes = self.misread_kinds(pixel_values, classes)
+        return self.classes(classes) + self.cells  # (N, 9, H)
 
 
-def attach_oracle_vision(model, through_projector: bool = False) -> None:
+def attach_oracle_vision(model, through_projector: bool = False, kind_noise: float = 0.0) -> None:
     """Make ``model`` read its image tokens with an :class:`OracleVision` (registered under the
     projector, so stage 2 trains it at the projector's learning rate). With
     ``through_projector`` the oracle's vectors are as wide as the ViT's output after pixel
     unshuffle and go through the model's MLP projector, as real ViT features do: the probe
-    then tells whether the projector path, rather than the ViT, loses what the tokens say."""
+    then tells whether the projector path, rather than the ViT, loses what the tokens say.
+    ``kind_noise`` makes the oracle misread kinds (see :class:`OracleVision`)."""
     projector = model.mlp1
     width = projector[0].normalized_shape[0] if through_projector else model.config.llm["hidden_size"]
-    projector.add_module("oracle", OracleVision(width))
+    projector.add_module("oracle", OracleVision(width, kind_noise=kind_noise))
     dtype = projector[1].weight.dtype
     # the projector's own layers (LayerNorm, Linear, GELU, Linear): all but the oracle, added last
     layers = nn.Sequential(*list(projector)[:-1])
@@ -153,6 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="repaint the scenes under --out and read them exactly (see above); needs its own --out")
     parser.add_argument("--through-projector", action="store_true",
                         help="with --oracle-vision: feed the oracle's vectors through the MLP projector")
+    parser.add_argument("--oracle-kind-noise", type=float, default=0.0,
+                        help="with --oracle-vision: misread each occupied cell's kind with this probability")
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -162,6 +191,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     recipe = RECIPES[scale]
     if args.through_projector and not args.oracle_vision:
         parser.error("--through-projector needs --oracle-vision")
+    if args.oracle_kind_noise and not args.oracle_vision:
+        parser.error("--oracle-kind-noise needs --oracle-vision")
     if args.oracle_vision:
         if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
             parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
@@ -180,6 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
           f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}"
+          f"{f' misreading {args.oracle_kind_noise:.0%} of kinds' if args.oracle_kind_noise else ''}"
           f"{' through the projector' if args.through_projector else ''}; projector's last layer at "
           f"{recipe.projector_init_scale:g}x its default init; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
@@ -189,7 +221,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run_ws = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, seed=seed))
             model = build_model(run_ws, language_model=copy.deepcopy(llm))
             if args.oracle_vision:
-                attach_oracle_vision(model, through_projector=args.through_projector)
+                attach_oracle_vision(model, through_projector=args.through_projector,
+                                     kind_noise=args.oracle_kind_noise)
             r = run_ws.recipe
             stage = get_stage("stage2", "tiny", max_steps=args.steps, lr=args.lr, seed=seed,
                               max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,

@@ -73,3 +73,31 @@ def test_oracle_through_the_projector_trains_the_projector(tmp_path):
         assert tokens.shape == (2, 9, 24)
         tokens.sum().backward()
         assert (model.mlp1[1].weight.grad is not None) == through  # the projector is on the path only when asked
+
+
+def test_oracle_kind_noise_misreads_kinds_only_and_the_same_way_each_time():
+    from minivl.data.synthetic.common import COLOURS
+    from minivl.vision.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from minivl.vision.warmstart import NUM_CLASSES
+
+    probe = _probe()
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, NUM_CLASSES, (400, 9), generator=g)  # about one cell in 17 empty
+    # paint the codes as the oracle's tiles: each cell a flat grey, normalised as the ViT's input
+    grey = probe.ORACLE_EMPTY + probe.ORACLE_STEP * codes.float()  # (N, 9)
+    cells = grey.reshape(-1, 3, 3).repeat_interleave(28, 1).repeat_interleave(28, 2)  # (N, 84, 84)
+    pixels = torch.stack([(cells / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], 1)
+    exact = probe.OracleVision(hidden_size=4)
+    assert torch.equal(exact.read_classes(pixels), codes)
+    noisy = probe.OracleVision(hidden_size=4, kind_noise=0.25)
+    read = noisy.misread_kinds(pixels, codes)
+    assert torch.equal(read, noisy.misread_kinds(pixels, codes))  # the same tile, the same misreading
+    changed = read != codes
+    assert not changed[codes == 0].any()  # an empty cell stays empty
+    occupied = codes > 0
+    assert 0.2 < changed[occupied].float().mean() < 0.3
+    n = len(COLOURS)
+    assert torch.equal((read[occupied] - 1) % n, (codes[occupied] - 1) % n)  # colour kept
+    assert ((read[changed] - 1) // n != (codes[changed] - 1) // n).all()  # a misread kind is another kind
+    with pytest.raises(ValueError, match="probability"):
+        probe.OracleVision(hidden_size=4, kind_noise=1.5)
