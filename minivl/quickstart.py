@@ -65,8 +65,10 @@ class Recipe:
     vision_lr_scale: float = 0.1
     # InternVL's 0.1 regularises a 24-layer ViT; a 2-layer one only gets noisier gradients
     drop_path_rate: float = 0.0
-    # the fresh projector's last Linear (weight and bias) times this: image tokens start louder
-    # than the LLM's text embeddings (see build_model)
+    # the fresh projector's last Linear (weight and bias) times this (see build_model). 1 keeps
+    # PyTorch's default, as InternVL does. 5 (image tokens start ~5x louder than the LLM's text
+    # embeddings) let perfect oracle tokens through the projector (stage-2 probe, 6000 steps:
+    # colour 97 % instead of 70 %) but did nothing for the real ViT's features (colour 64 vs 68 %)
     projector_init_scale: float = 1.0
     max_packed_tokens: int = 1024
     num_images_expected: int = 24
