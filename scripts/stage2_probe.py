@@ -21,7 +21,9 @@ part. It needs 84 px tiles (one token per cell) and a workspace of its own:
     MINIVL_SCALE=cpu python scripts/stage2_probe.py --oracle-vision --out runs/oracle --tasks shape_qa
 
 Add ``--through-projector`` to feed the oracle's vectors through the MLP projector, as real
-ViT features are, and see whether the projector path keeps what the tokens say.
+ViT features are, and see whether the projector path keeps what the tokens say;
+``--projector-init-scale`` changes how loud the fresh projector starts, and
+``--oracle-kind-noise`` makes the oracle misread shape kinds, to ask how good the eyes must be.
 """
 
 from __future__ import annotations
