@@ -258,8 +258,8 @@ plt.show()
 # `--image-size 84 --out runs/probe84` for the first row, `--oracle-vision --out runs/oracle`
 # for the second; about 5 minutes each.) At 1500 steps, perfect eyes buy colour questions
 # about 20 points on the mean, and one seed in three learns the lookup completely, while
-# counting and position do not move. Four times the steps (add `--steps 6000`; seed 0, about
-# 6 minutes) sharpen the picture. With oracle tokens the LLM reaches colour 100 %, count 95 %,
+# counting and position do not move. Four times the steps (add `--steps 6000`; seed 0, about 6
+# minutes) sharpen the picture. With oracle tokens the LLM reaches colour 100 %, count 95 %,
 # position 41 %; with the real ViT and projector, colour 71 %, count 87 %, position 40 %. So
 # the 2-layer LLM *can* learn to look a shape up: it needs steps, and for colour it needs
 # image tokens that say a shape's kind as plainly as the oracle's do. Ours do not yet, though
@@ -271,19 +271,19 @@ plt.show()
 # what the tokens say, and how it starts decides it. With `--projector-init-scale 5` (the
 # fresh projector's last Linear times 5, so that image tokens start about five times louder
 # than the LLM's text embeddings) the same run gives colour 97 %, count 98 %, position 51 %
-# (seed 1: 93, 99, 36 %). On the real ViT's features that start changes nothing (6000
-# steps, seed 0: colour 64 % against 68 % at 112 px, 68 % against 71 % at 84 px), nor does it
-# with the ViT learning at the full rate (84 px: colour 71 %) or warm-started twice as long
-# (112 px, kind 98 %: colour 65 %). With a sound projector path, then, the limit is what the
-# image tokens say, and they must say it almost without fault: `--oracle-kind-noise 0.13` makes the oracle misread one
-# occupied cell's kind in eight, about as often as a linear probe misreads our 84 px ViT's
-# cells, and colour falls to 78 % on both seeds (count 94 / 90 %, position 31 / 51 %); one in
-# thirty-three (`0.03`, seed 0) still costs 9 points (colour 88 %). Our ViT falls short of
-# that even where a probe over a whole cell reads its kind 98 % of the time: decodable from a
-# cell's patches is not yet a token that names the kind. One or two seeds a row, so read the
-# direction rather than the digits. The quickstart keeps PyTorch's default initialisation
-# (`Recipe.projector_init_scale = 1`), since on real features the louder start did not help.
-# Exercise 4 asks you to move the curve.
+# (seed 1: 93, 99, 36 %). On the real ViT's features that start changes nothing (6000 steps,
+# seed 0: colour 64 % against 68 % at 112 px, 68 % against 71 % at 84 px), nor does it with
+# the ViT learning at the full rate (84 px: colour 71 %) or warm-started twice as long (112
+# px, kind 98 %: colour 65 %). With a sound projector path, then, the limit is what the image
+# tokens say, and they must say it almost without fault: `--oracle-kind-noise 0.13` makes the
+# oracle misread one occupied cell's kind in eight, about as often as a linear probe misreads
+# our 84 px ViT's cells, and colour falls to 78 % on both seeds (count 94 / 90 %, position 31
+# / 51 %); one in thirty-three (`0.03`, seed 0) still costs 9 points (colour 88 %). Our ViT
+# falls short of that even where a probe over a whole cell reads its kind 98 % of the time:
+# decodable from a cell's patches is not yet a token that names the kind. One or two seeds a
+# row, so read the direction rather than the digits. The quickstart keeps PyTorch's default
+# initialisation (`Recipe.projector_init_scale = 1`), since on real features the louder start
+# did not help. Exercise 4 asks you to move the curve.
 #
 # ## The metrics, worked by hand
 #
