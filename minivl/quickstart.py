@@ -268,7 +268,7 @@ def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, c
     10-12 use this so that a second run of a chapter takes seconds).
 
     Returns ``(model, record)``: the trained (or loaded) model with packed attention on, and
-    ``{"stage", "steps", "lr", "seconds", "history", "loaded"}``.
+    ``{"stage", "steps", "lr", "tokenizer", "start", "recipe", "seconds", "history", "loaded"}``.
     """
     from minivl.model import MiniVL
     from minivl.text.tokenizer import tokenizer_fingerprint
@@ -284,11 +284,7 @@ def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, c
     path = cache / "history.json"
     if path.exists() and (cache / "model" / "config.json").exists():
         record = json.loads(path.read_text())
-        saved = json.loads((cache / "model" / "config.json").read_text())
-        same_shape = (saved.get("llm", {}).get("hidden_size") == model.config.llm["hidden_size"]
-                      and saved.get("llm", {}).get("vocab_size") == model.config.llm["vocab_size"]
-                      and saved.get("vision", {}).get("hidden_size") == model.config.vision.hidden_size)
-        if same_shape and all(record.get(k) == v for k, v in key.items()):
+        if all(record.get(k) == v for k, v in key.items()):  # the starting weights' digest covers their shapes
             model = MiniVL.from_pretrained(cache / "model")
             enable_packed_attention(model.language_model)
             return model, {**record, "loaded": True}
