@@ -272,18 +272,18 @@ plt.show()
 # fresh projector's last Linear times 5, so that image tokens start about five times louder
 # than the LLM's text embeddings) the same run gives colour 97 %, count 98 %, position 51 %
 # (seed 1: 93, 99, 36 %). On the real ViT's features that start changes nothing (6000 steps,
-# seed 0: colour 64 % against 68 % at 112 px, 68 % against 71 % at 84 px), nor does it with
-# the ViT learning at the full rate (84 px: colour 71 %) or warm-started twice as long (112
-# px, kind 98 %: colour 65 %). With a sound projector path, then, the limit is what the image
-# tokens say, and they must say it almost without fault: `--oracle-kind-noise 0.13` makes the
-# oracle misread one occupied cell's kind in eight, about as often as a linear probe misreads
-# our 84 px ViT's cells, and colour falls to 78 % on both seeds (count 94 / 90 %, position 31
-# / 51 %); one in thirty-three (`0.03`, seed 0) still costs 9 points (colour 88 %). Our ViT
-# falls short of that even where a probe over a whole cell reads its kind 98 % of the time:
-# decodable from a cell's patches is not yet a token that names the kind. One or two seeds a
-# row, so read the direction rather than the digits. The quickstart keeps PyTorch's default
-# initialisation (`Recipe.projector_init_scale = 1`), since on real features the louder start
-# did not help. Exercise 4 asks you to move the curve.
+# seeds 0 / 1 at 112 px: colour 64 / 68 % against 68 / 61 %; seed 0 at 84 px: 68 % against
+# 71 %), nor does it with the ViT learning at the full rate (84 px: colour 71 %) or
+# warm-started twice as long (112 px, kind 98 %: colour 65 %). With a sound projector path,
+# then, the limit is what the image tokens say, and they must say it almost without fault:
+# `--oracle-kind-noise 0.13` makes the oracle misread one occupied cell's kind in eight, about
+# as often as a linear probe misreads our 84 px ViT's cells, and colour falls to 78 % on both
+# seeds (count 94 / 90 %, position 31 / 51 %); one in thirty-three (`0.03`, seed 0) still
+# costs 9 points (colour 88 %). Our ViT falls short of that even where a probe over a whole
+# cell reads its kind 98 % of the time: decodable from a cell's patches is not yet a token
+# that names the kind. One or two seeds a row, so read the direction rather than the digits.
+# The quickstart keeps PyTorch's default initialisation (`Recipe.projector_init_scale = 1`),
+# since on real features the louder start did not help. Exercise 4 asks you to move the curve.
 #
 # ## The metrics, worked by hand
 #
