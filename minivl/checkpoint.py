@@ -299,6 +299,18 @@ def projector_minivl_to_official(state_dict: StateDict, prefix: str = OFFICIAL_P
 # ----- strict loading ---------------------------------------------------------------------------
 
 
+def state_digest(module: nn.Module) -> str:
+    """A short hash of ``module``'s weights (names, shapes, dtypes and values): cache keys use it
+    to tell a result computed from other starting weights apart."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def check_state_dict(module: nn.Module, state_dict: StateDict, where: str = "state dict") -> None:
     """Raise :class:`StateDictKeyError` unless ``state_dict`` has exactly the keys of ``module``,
     and ``ValueError`` listing every tensor whose shape differs.
@@ -1044,6 +1056,7 @@ def save_pretrained(
 
 
 __all__ = [
+    "state_digest",
     "HF_PROJECTOR_PREFIXES",
     "HF_VISION_PREFIXES",
     "INTERNLM2_ARCHITECTURE",

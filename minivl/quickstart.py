@@ -248,19 +248,6 @@ def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress
     return train_packed(ws, model, stage, output_dir=output_dir, progress=progress)
 
 
-def state_digest(model) -> str:
-    """A short hash of ``model``'s weights (names, shapes and values)."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, cache: str | Path,
                        progress: bool = False):
     """:func:`train_stage`, or its result loaded from ``cache`` when a run of the same stage,
@@ -270,6 +257,7 @@ def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, c
     Returns ``(model, record)``: the trained (or loaded) model with packed attention on, and
     ``{"stage", "steps", "lr", "tokenizer", "start", "recipe", "seconds", "history", "loaded"}``.
     """
+    from minivl.checkpoint import state_digest
     from minivl.model import MiniVL
     from minivl.text.tokenizer import tokenizer_fingerprint
     from minivl.train.attention import enable_packed_attention

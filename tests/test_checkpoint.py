@@ -277,3 +277,21 @@ def test_official_config_of_internlm2_preset():
     assert llm["architectures"] == ["InternLM2ForCausalLM"]
     assert llm["rope_theta"] == 1e6 and llm["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
     assert (llm["hidden_size"], llm["num_key_value_heads"], llm["vocab_size"]) == (4096, 8, 92553)
+
+
+def test_state_digest_tells_weights_apart():
+    import copy
+
+    import torch
+    from torch import nn
+
+    from minivl.checkpoint import state_digest
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    b = copy.deepcopy(a)
+    assert state_digest(a) == state_digest(b)
+    with torch.no_grad():
+        b[0].weight[0, 0] += 1e-6  # one value, barely moved
+    assert state_digest(a) != state_digest(b)
+    assert state_digest(a) != state_digest(copy.deepcopy(a).to(torch.bfloat16))  # same names, another dtype

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from minivl.checkpoint import state_digest
 from minivl.config import MiniVLConfig
 from minivl.model import MiniVL
 from minivl.train.planner import flops_per_sample
@@ -377,13 +378,6 @@ def run_stages(model: MiniVL, tokenizer: Any, train_meta: str | Path, test_meta:
     return {"curve": curve, "stages": done}
 
 
-def _fingerprint(model: nn.Module) -> list[float]:
-    """Parameter count and weight sum: tells a cached result of another LLM apart."""
-    with torch.no_grad():
-        return [sum(p.numel() for p in model.parameters()),
-                round(float(sum(p.double().sum() for p in model.parameters())), 6)]
-
-
 def progressive_scaling_demo(
     tokenizer: Any,
     train_meta: str | Path,
@@ -414,8 +408,8 @@ def progressive_scaling_demo(
     from minivl.train.attention import enable_packed_attention
 
     recipe = recipe or TRANSFER_RECIPES[get_scale(scale)]
-    key = {**dataclasses.asdict(recipe), "vocab": len(tokenizer), "llm_small": _fingerprint(llm_small),
-           "llm_large": _fingerprint(llm_large)}
+    key = {**dataclasses.asdict(recipe), "vocab": len(tokenizer), "llm_small": state_digest(llm_small),
+           "llm_large": state_digest(llm_large)}
     key = json.loads(json.dumps(key))  # tuples -> lists, as they come back from the file
     if cache is not None and Path(cache).exists():
         saved = json.loads(Path(cache).read_text())
