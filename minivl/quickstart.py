@@ -234,9 +234,10 @@ def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool 
 
 
 def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress: bool = True,
-                output_dir: str | Path | None = None):
-    """Step 5, one stage: packed rows of the whole training mixture, square-averaged loss, the
-    ``tiny`` preset of ``name`` with the recipe's ViT learning-rate scale and drop path."""
+                output_dir: str | Path | None = None, names: list[str] | None = None):
+    """Step 5, one stage: packed rows of the whole training mixture (or of the data sets
+    ``names`` only), square-averaged loss, the ``tiny`` preset of ``name`` with the recipe's
+    ViT learning-rate scale and drop path."""
     from minivl.train.report import train_packed
     from minivl.train.stages import get_stage
 
@@ -245,7 +246,7 @@ def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress
                       num_images_expected=r.num_images_expected, vision_lr_scale=r.vision_lr_scale)
     if stage.drop_path_rate:
         stage = stage.replace(drop_path_rate=r.drop_path_rate)
-    return train_packed(ws, model, stage, output_dir=output_dir, progress=progress)
+    return train_packed(ws, model, stage, output_dir=output_dir, progress=progress, names=names)
 
 
 def train_stage_cached(ws: Workspace, model, name: str, steps: int, lr: float, cache: str | Path,

@@ -42,10 +42,8 @@ from torch import nn
 
 from minivl.data.synthetic.common import CELL_NAMES, COLOURS, SHAPES
 from minivl.eval.suite import evaluate_suite
-from minivl.quickstart import RECIPES, build_model, prepare
+from minivl.quickstart import RECIPES, build_model, prepare, train_stage
 from minivl.scale import get_scale
-from minivl.train.report import train_packed
-from minivl.train.stages import get_stage
 from minivl.train.warmstart import LLM_SIZES, suite_conversations, warm_start_llm
 from minivl.vision.transforms import IMAGENET_MEAN, IMAGENET_STD
 from minivl.vision.warmstart import NUM_CLASSES, cell_label
@@ -225,12 +223,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.oracle_vision:
                 attach_oracle_vision(model, through_projector=args.through_projector,
                                      kind_noise=args.oracle_kind_noise)
-            r = run_ws.recipe
-            stage = get_stage("stage2", "tiny", max_steps=args.steps, lr=args.lr, seed=seed,
-                              max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
-                              vision_lr_scale=r.vision_lr_scale, drop_path_rate=r.drop_path_rate)
             start = time.perf_counter()
-            train_packed(run_ws, model, stage, progress=False, names=args.tasks)
+            train_stage(run_ws, model, "stage2", args.steps, args.lr, progress=False, names=args.tasks)
             seconds = time.perf_counter() - start
             scores = evaluate_suite(model, ws.tokenizer, ws.test_meta, tasks=["shape_qa"], per_task=args.per_task,
                                     details=True)
