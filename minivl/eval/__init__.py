@@ -3,7 +3,8 @@
 * :mod:`minivl.eval.prompts`: direct, chain-of-thought and grounding prompts;
 * :mod:`minivl.eval.extract`: reading answers out of responses, recording the rule used;
 * :mod:`minivl.eval.metrics`: accuracy, relaxed accuracy, ANLS, IoU@0.5, result tables;
-* :mod:`minivl.eval.vote`: majority voting over sampled chains and its token cost.
+* :mod:`minivl.eval.vote`: majority voting over sampled chains and its token cost;
+* :mod:`minivl.eval.chain_probe`: which step of a chain of thought (arithmetic, option lookup) fails.
 
 Explained in chapter 15 (``notebooks/15_evaluation_and_test_time_scaling.ipynb``).
 """

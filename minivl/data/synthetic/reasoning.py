@@ -83,6 +83,40 @@ def make_options(rng: random.Random, answer: int) -> tuple[list[int], int]:
     return options, options.index(answer)
 
 
+def option_lines(options: list[int]) -> str:
+    """``A. 3\nB. 5\n...``: the options as they follow the question."""
+    return "\n".join(f"{LETTERS[i]}. {v}" for i, v in enumerate(options))
+
+
+def cot_rationale(steps: list[str], answer: int, letter: str) -> str:
+    """The CoT answer: the counting and arithmetic ``steps``, the option lookup, the boxed letter."""
+    return "\n".join([*steps, f"The result {answer} is option {letter}.", f"Answer: \\boxed{{{letter}}}"])
+
+
+def reasoning_drills(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """``n`` text-only CoT conversations in the ``reasoning`` format, without images.
+
+    Each is drawn like a ``reasoning`` instance (a random scene, a problem, four options) but
+    only its text is kept: the question with its options and the CoT prompt, then the
+    rationale. Text alone cannot tell the counts in the rationale's first lines, but it fixes
+    everything after them: the arithmetic and which option holds the result. A pretrained LLM
+    brings those skills; these drills let a small warm-started one learn them (pass them to
+    :func:`minivl.train.warmstart.warm_start_llm` with the suite's conversations). Scenes
+    come from their own seed, never from the suite. Explained in chapter 15
+    (notebooks/15_evaluation_and_test_time_scaling.ipynb).
+    """
+    rng = random.Random(f"reasoning-drills/{seed}")
+    out = []
+    for _ in range(n):
+        width, height = rng.choice(SCENE_SIZES)
+        shapes = random_scene(rng, width, height, rng.randint(2, 7))
+        _, question, steps, answer = reasoning_problem(rng, shapes)
+        options, correct = make_options(rng, answer)
+        out.append(human_gpt(f"{question}\n{option_lines(options)}\n{COT_PROMPT}",
+                             cot_rationale(steps, answer, LETTERS[correct])))
+    return out
+
+
 def make_reasoning(rng: random.Random, ctx: TaskContext, index: int) -> list[dict]:
     """One instance -> a ``cot`` record and a ``direct`` record (ids ``...-cot`` / ``...-direct``).
 
@@ -94,10 +128,7 @@ def make_reasoning(rng: random.Random, ctx: TaskContext, index: int) -> list[dic
     ptype, question, steps, answer = reasoning_problem(rng, shapes)
     options, correct = make_options(rng, answer)
     letter = LETTERS[correct]
-    option_lines = "\n".join(f"{LETTERS[i]}. {v}" for i, v in enumerate(options))
-    rationale = "\n".join(
-        [*steps, f"The result {answer} is option {letter}.", f"Answer: \\boxed{{{letter}}}"]
-    )
+    rationale = cot_rationale(steps, answer, letter)
     image = render_scene(width, height, shapes, background)
     name = ctx.save(image, f"{index:06d}.png")
     base = scene_meta(width, height, background, shapes) | {
@@ -115,7 +146,7 @@ def make_reasoning(rng: random.Random, ctx: TaskContext, index: int) -> list[dic
                 "image": name,
                 "width": width,
                 "height": height,
-                "conversations": human_gpt(f"<image>\n{question}\n{option_lines}\n{prompt}", gpt),
+                "conversations": human_gpt(f"<image>\n{question}\n{option_lines(options)}\n{prompt}", gpt),
                 "meta": base | {"variant": variant},
             }
         )
