@@ -27,15 +27,7 @@ from typing import Any
 
 import torch
 
-from minivl.data.synthetic.common import SCENE_SIZES, random_scene
-from minivl.data.synthetic.reasoning import (
-    COT_PROMPT,
-    LETTERS,
-    cot_rationale,
-    make_options,
-    option_lines,
-    reasoning_problem,
-)
+from minivl.data.synthetic.reasoning import COT_PROMPT, LETTERS, cot_rationale, option_lines, text_problem
 from minivl.eval.extract import extract_choice
 from minivl.text.template import get_template
 
@@ -68,10 +60,7 @@ def chain_step_probe(model, tokenizer, n: int = 200, seed: int = 0, template: st
     hits = {"arithmetic": 0, "lookup": 0, "letter": 0}
     examples = []
     for i in range(n):
-        width, height = rng.choice(SCENE_SIZES)
-        shapes = random_scene(rng, width, height, rng.randint(2, 7))
-        _, question, steps, answer = reasoning_problem(rng, shapes)
-        options, correct = make_options(rng, answer)
+        question, steps, answer, options, correct = text_problem(rng)
         gold = cot_rationale(steps, answer, LETTERS[correct]).split("\n")  # counts, arithmetic, lookup, boxed
         prompt = tpl.render([("user", f"{question}\n{option_lines(options)}\n{COT_PROMPT}"), ("assistant", None)])
         counts = "\n".join(steps[:2]) + "\n"

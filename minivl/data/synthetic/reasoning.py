@@ -108,13 +108,20 @@ def reasoning_drills(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
     rng = random.Random(f"reasoning-drills/{seed}")
     out = []
     for _ in range(n):
-        width, height = rng.choice(SCENE_SIZES)
-        shapes = random_scene(rng, width, height, rng.randint(2, 7))
-        _, question, steps, answer = reasoning_problem(rng, shapes)
-        options, correct = make_options(rng, answer)
+        question, steps, answer, options, correct = text_problem(rng)
         out.append(human_gpt(f"{question}\n{option_lines(options)}\n{COT_PROMPT}",
                              cot_rationale(steps, answer, LETTERS[correct])))
     return out
+
+
+def text_problem(rng: random.Random) -> tuple[str, list[str], int, list[int], int]:
+    """A problem drawn as an instance is, without its image: ``(question, steps, answer,
+    options, correct_index)``."""
+    width, height = rng.choice(SCENE_SIZES)
+    shapes = random_scene(rng, width, height, rng.randint(2, 7))
+    _, question, steps, answer = reasoning_problem(rng, shapes)
+    options, correct = make_options(rng, answer)
+    return question, steps, answer, options, correct
 
 
 def make_reasoning(rng: random.Random, ctx: TaskContext, index: int) -> list[dict]:
