@@ -463,12 +463,16 @@ plt.show()
 # text buys.
 
 # %%
+import contextlib
+import io
+
 from minivl.data.synthetic.reasoning import reasoning_drills
 from minivl.eval.chain_probe import chain_step_probe
 from minivl.quickstart import prepare
 from minivl.train.warmstart import suite_conversations, warm_start_llm
 
-ws = prepare(QS, SCALE, progress=False)  # the quickstart's workspace, from its cache
+with contextlib.redirect_stdout(io.StringIO()):  # its step log was printed when it was built
+    ws = prepare(QS, SCALE, progress=False)  # the quickstart's workspace, from its cache
 n_probe = pick(smoke=4, cpu=200, gpu=200)
 corpus = suite_conversations(ws.train_meta) + reasoning_drills(pick(smoke=40, cpu=6000, gpu=6000))
 drilled, drilled_info = warm_start_llm(tok, corpus, "S", steps=pick(smoke=5, cpu=450, gpu=450), seed=0,
