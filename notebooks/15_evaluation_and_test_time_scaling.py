@@ -498,8 +498,9 @@ print("\ngiven:", repr(ex["given"]), "\nwrote:", repr(ex["after_arithmetic"]), "
 # teach the arithmetic (90.5 %) but not the lookup (25.0 %, letter 26.0 %). The lookup is a
 # retrieval: find the option line whose one- or two-token number equals the result, and copy
 # the letter three tokens before it (`C. 12`). That is the job of an *induction head*, a
-# circuit a transformer grows only after a while, and this 2-layer LLM does not grow it in a
-# minute of warm start. The report's reasoning gains come from LLMs that had it long before
+# circuit that small transformers have been seen to form only after a plateau of training
+# (Olsson et al., 2022, "In-context learning and induction heads"), and this 2-layer LLM does
+# not form it in a minute of warm start. The report's reasoning gains come from LLMs that had it long before
 # they saw an image; the `reasoning` column is where minivl's tiny LLM, not its ViT, sets the
 # limit.
 

@@ -100,9 +100,11 @@ def reasoning_drills(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
     only its text is kept: the question with its options and the CoT prompt, then the
     rationale. Text alone cannot tell the counts in the rationale's first lines, but it fixes
     everything after them: the arithmetic and which option holds the result. A pretrained LLM
-    brings those skills; these drills let a small warm-started one learn them (pass them to
-    :func:`minivl.train.warmstart.warm_start_llm` with the suite's conversations). Scenes
-    come from their own seed, never from the suite. Explained in chapter 15
+    brings those skills; pass these drills to :func:`minivl.train.warmstart.warm_start_llm`
+    with the suite's conversations to give them to a small warm-started one. Chapter 15
+    measures what they buy with :func:`minivl.eval.chain_probe.chain_step_probe`: at cpu scale
+    (6000 drills, 450 steps) the arithmetic (6 -> 90.5 %), not the lookup (8 -> 25 %, chance).
+    Scenes come from their own seed, never from the suite. Explained in chapter 15
     (notebooks/15_evaluation_and_test_time_scaling.ipynb).
     """
     rng = random.Random(f"reasoning-drills/{seed}")
