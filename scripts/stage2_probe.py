@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=None,
                         help="tile side in px (default: the recipe's); another size retrains the workspace's ViT, "
                              "so give it its own --out")
+    parser.add_argument("--vit-warm-lr", type=float, default=None,
+                        help="the ViT warm start's peak lr (default: the recipe's); another value retrains the "
+                             "workspace's ViT")
+    parser.add_argument("--vit-token-weight", type=float, default=None,
+                        help="weight of the ViT warm start's per-image-token objective (default: the recipe's)")
     parser.add_argument("--projector-init-scale", type=float, default=None,
                         help="multiply the fresh projector's last Linear by this (default: the recipe's)")
     parser.add_argument("--oracle-vision", action="store_true",
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         recipe = dataclasses.replace(recipe, image_size=args.image_size)
     if args.projector_init_scale is not None:
         recipe = dataclasses.replace(recipe, projector_init_scale=args.projector_init_scale)
+    if args.vit_warm_lr is not None:
+        recipe = dataclasses.replace(recipe, vit_warm_lr=args.vit_warm_lr)
+    if args.vit_token_weight is not None:
+        recipe = dataclasses.replace(recipe, vit_token_weight=args.vit_token_weight)
     ws = prepare(args.out, scale, recipe, progress=False)
     if args.oracle_vision:
         print(f"oracle vision: {paint_oracle_scenes(Path(args.out) / 'data')} scene images repainted")

@@ -8,7 +8,16 @@ import torch
 from minivl.config import VisionConfig
 from minivl.data.synthetic.common import COLOURS, PALETTE, SHAPES
 from minivl.vision.transforms import IMAGENET_MEAN, IMAGENET_STD
-from minivl.vision.warmstart import NUM_CLASSES, CellHead, cell_label, render_scenes, warm_start_vit
+from minivl.vision.warmstart import (
+    NUM_CLASSES,
+    CellHead,
+    TokenHead,
+    cell_label,
+    render_scenes,
+    token_labels,
+    token_probe,
+    warm_start_vit,
+)
 
 SMALL = VisionConfig.tiny(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -21,7 +30,7 @@ def test_cell_labels_are_distinct_and_in_range():
 def test_rendered_labels_match_the_pixels():
     """Each occupied cell's colour is the most common palette colour inside that cell; an
     empty cell holds no palette colour at all."""
-    pixels, labels = render_scenes(24, image_size=112, seed=3)
+    pixels, labels, _ = render_scenes(24, image_size=112, seed=3)
     assert pixels.shape == (24, 3, 112, 112) and labels.shape == (24, 9)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     rgb = ((pixels * std + mean) * 255).round().permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
@@ -62,3 +71,55 @@ def test_warm_start_learns_and_caches(tmp_path):
     assert info2["losses"] == losses  # loaded, not retrained
     for a, b in zip(vit.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_patch_counts_cover_every_pixel_and_match_the_cell_labels():
+    """Each patch's class counts sum to its 14 x 14 pixels; a cell's shape class is the only
+    shape class counted inside that cell's central patches."""
+    pixels, labels, counts = render_scenes(16, image_size=112, seed=5)
+    assert counts.shape == (16, 8, 8, NUM_CLASSES)
+    assert (counts.sum(-1) == 14 * 14).all()
+    for count, label in zip(counts, labels):
+        shape_classes = {int(k) for k in torch.nonzero(count[..., 1:].sum((0, 1))).flatten() + 1}
+        assert shape_classes == {int(c) for c in label if c > 0}  # every shape drawn, nothing else
+
+
+def test_token_labels_follow_pixel_shuffle_blocks():
+    """Hand-built counts: token t is the 2 x 2 patch block that pixel_shuffle merges into
+    token t (row-major), labelled by the shape class covering most of it, or 0 when shapes
+    cover less than min_fraction of it."""
+    counts = torch.zeros(1, 4, 4, NUM_CLASSES)
+    counts[..., 0] = 196  # background everywhere
+    counts[0, 0, 2, 0], counts[0, 0, 2, 5] = 96, 100  # token 1 (top right): class 5 on one patch
+    counts[0, 3, 0, 0], counts[0, 3, 0, 7] = 186, 10  # token 2 (bottom left): class 7, 10 of 784 px
+    counts[0, 2, 2, 0], counts[0, 2, 2, 3] = 0, 196  # token 3 (bottom right): class 3 on one patch ...
+    counts[0, 3, 3, 0], counts[0, 3, 3, 9] = 0, 150  # ... and class 9 on another, with fewer pixels
+    counts[0, 3, 3, 12] = 46
+    labels = token_labels(counts)
+    assert labels.tolist() == [[0, 5, 0, 3]]
+    assert token_labels(counts, min_fraction=0.01).tolist() == [[0, 5, 7, 3]]
+
+
+def test_token_head_reads_one_token_per_pixel_shuffle_block():
+    head = TokenHead(8)
+    hidden = torch.randn(2, 1 + 64, 8)
+    assert head(hidden).shape == (2, 16, NUM_CLASSES)
+    changed = hidden.clone()
+    changed[:, 1 + 8 * 2 + 3] += 100  # patch (row 2, col 3) -> token (1, 1) = index 5 only
+    diff = (head(changed) - head(hidden)).abs().sum(-1)
+    assert diff[:, 5].min() > 0 and torch.count_nonzero(diff[:, [i for i in range(16) if i != 5]]) == 0
+
+
+def test_token_objective_trains_a_token_head_and_the_probe_scores_any_vit(tmp_path):
+    vit, info = warm_start_vit(SMALL, steps=60, num_scenes=256, batch_size=32, lr=1e-2, cache=tmp_path,
+                               progress=False, num_held_out=128, token_weight=1.0)
+    tokens = info["held_out_tokens"]
+    assert set(tokens) == {"token", "kind", "colour"} and all(0 <= v <= 1 for v in tokens.values())
+    assert tokens["colour"] > 0.4  # four colours: chance is 0.25
+    # the token weight is part of the cache key: the plain objective retrains
+    _, plain = warm_start_vit(SMALL, steps=60, num_scenes=256, batch_size=32, lr=1e-2, cache=tmp_path,
+                              progress=False, num_held_out=128)
+    assert "held_out_tokens" not in plain and plain["losses"] != info["losses"]
+    train, held = render_scenes(128, SMALL.image_size, seed=1), render_scenes(64, SMALL.image_size, seed=2)
+    probe = token_probe(vit, train[0], token_labels(train[2]), held[0], token_labels(held[2]), steps=100)
+    assert probe["colour"] > 0.4

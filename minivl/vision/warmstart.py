@@ -15,6 +15,13 @@ rendered in memory from their own seed, never read from the suite, so no test im
 ever seen. The head is thrown away; the ViT's patch tokens keep "what is where", which is
 what the projector and the LLM need to read.
 
+A cell head can be satisfied by features that only *pooled* over a cell say what it holds,
+while the LLM reads one image token at a time: after pixel unshuffle, a token is a 2 x 2
+block of patches (28 px), and a shape often straddles several. With ``token_weight > 0`` a
+second linear head, :class:`TokenHead`, asks each of those LLM-sized tokens for the class of
+the shape that covers it (:func:`token_labels`), so every token learns to name its shape.
+:func:`token_probe` measures how well a ViT's tokens do that, whatever it was trained on.
+
 :func:`warm_start_vit` caches the result (``cache`` directory) so chapters reuse it, as
 :func:`minivl.train.warmstart.warm_start_llm` does for the LLM.
 
@@ -31,8 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import nn
 
 from minivl.config import VisionConfig
@@ -42,9 +51,11 @@ from minivl.data.synthetic.common import (
     COLOURS,
     SCENE_SIZES,
     SHAPES,
+    draw_shape,
     random_scene,
     render_scene,
 )
+from minivl.projector import pixel_shuffle
 from minivl.vision.intern_vit import InternVisionModel
 from minivl.vision.transforms import load_image_tiles
 
@@ -57,22 +68,57 @@ def cell_label(kind: str, colour: str) -> int:
     return 1 + SHAPES.index(kind) * len(COLOURS) + COLOURS.index(colour)
 
 
-def render_scenes(n: int, image_size: int = 112, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random scenes of 1-5 shapes as one tile each: pixels ``(n, 3, S, S)`` (normalised as
-    InternVL does) and cell labels ``(n, 9)`` (row-major cells, :func:`cell_label`)."""
+def render_scenes(n: int, image_size: int = 112, seed: int = 0,
+                  patch_size: int = 14) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` random scenes of 1-5 shapes as one tile each.
+
+    Returns pixels ``(n, 3, S, S)`` (normalised as InternVL does), cell labels ``(n, 9)``
+    (row-major cells, :func:`cell_label`) and, per ViT patch of ``patch_size`` px, how many of
+    its pixels belong to each class ``(n, S/p, S/p, NUM_CLASSES)`` (class 0: background). The
+    class map is drawn with the same shapes at the scene's size and resized to the tile like
+    the image, nearest-neighbour, so that it lies where the resized shapes lie."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     rng = random.Random(f"vit-warmstart/{seed}")
-    pixels, labels = [], []
+    grid = image_size // patch_size
+    pixels, labels, counts = [], [], []
     for _ in range(n):
         width, height = rng.choice(SCENE_SIZES)
         shapes = random_scene(rng, width, height, rng.randint(1, 5))
         image = render_scene(width, height, shapes, rng.choice(BACKGROUNDS))
         tile, _ = load_image_tiles(image, image_size=image_size, max_num=1)  # one tile: the scene resized
         label = torch.zeros(len(CELL_NAMES), dtype=torch.long)
+        class_map = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(class_map)
         for s in shapes:
             label[CELL_NAMES.index(s.position)] = cell_label(s.kind, s.colour)
+            draw_shape(draw, s, fill=cell_label(s.kind, s.colour))
+        class_map = np.asarray(class_map.resize((image_size, image_size), Image.NEAREST), dtype=np.int64)
+        # count (patch, class) pairs: the patch of pixel (y, x) is (y // p) * g + x // p
+        rows = np.arange(image_size) // patch_size
+        patch = rows[:, None] * grid + rows[None, :]  # (S, S)
+        pairs = np.bincount((patch * NUM_CLASSES + class_map).ravel(), minlength=grid * grid * NUM_CLASSES)
+        counts.append(torch.from_numpy(pairs.reshape(grid, grid, NUM_CLASSES).astype(np.int16)))
         pixels.append(tile[0])
         labels.append(label)
-    return torch.stack(pixels), torch.stack(labels)
+    return torch.stack(pixels), torch.stack(labels), torch.stack(counts)
+
+
+def token_labels(patch_counts: torch.Tensor, downsample_ratio: float = 0.5, min_fraction: float = 0.1) -> torch.Tensor:
+    """The class of each LLM image token: ``patch_counts`` ``(n, g, g, NUM_CLASSES)`` from
+    :func:`render_scenes` -> ``(n, T)`` with ``T = (g * downsample_ratio)^2``.
+
+    Patches are grouped by the same :func:`minivl.projector.pixel_shuffle` that merges the
+    ViT's patch tokens, so label ``t`` belongs to image token ``t``. A token is labelled with
+    the class that covers most of its pixels among the shapes, if shapes cover at least
+    ``min_fraction`` of it, else 0 (background)."""
+    n, _, _, k = patch_counts.shape
+    merged = pixel_shuffle(patch_counts.float(), downsample_ratio)  # (n, t, t, r*r*K), blocks of K
+    merged = merged.reshape(n, -1, merged.shape[-1] // k, k).sum(2)  # (n, T, K)
+    shape_pixels = merged[..., 1:]
+    area = merged.sum(-1)
+    covered = shape_pixels.sum(-1) >= min_fraction * area
+    return torch.where(covered, shape_pixels.argmax(-1) + 1, torch.zeros_like(covered, dtype=torch.long))
 
 
 class CellHead(nn.Module):
@@ -91,6 +137,23 @@ class CellHead(nn.Module):
         return self.classifier(cells)  # (N, 9, NUM_CLASSES)
 
 
+class TokenHead(nn.Module):
+    """Patch tokens -> one class per LLM image token: the patch grid merged by
+    :func:`minivl.projector.pixel_shuffle` (2 x 2 patches per token at ``downsample_ratio``
+    0.5, what the MLP projector receives), then a linear classifier."""
+
+    def __init__(self, hidden_size: int, downsample_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.downsample_ratio = downsample_ratio
+        self.classifier = nn.Linear(hidden_size * round(1 / downsample_ratio) ** 2, NUM_CLASSES)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        n, tokens, width = hidden.shape  # (N, 1 + P, C), CLS first
+        side = math.isqrt(tokens - 1)
+        merged = pixel_shuffle(hidden[:, 1:].reshape(n, side, side, width), self.downsample_ratio)
+        return self.classifier(merged.flatten(1, 2))  # (N, T, NUM_CLASSES)
+
+
 @torch.no_grad()
 def cell_metrics(vit: nn.Module, head: CellHead, pixels: torch.Tensor, labels: torch.Tensor,
                  batch_size: int = 256) -> dict[str, float]:
@@ -107,25 +170,77 @@ def cell_metrics(vit: nn.Module, head: CellHead, pixels: torch.Tensor, labels: t
             "colour": (p % len(COLOURS) == y % len(COLOURS)).float().mean().item()}
 
 
+@torch.no_grad()
+def token_metrics(vit: nn.Module, head: TokenHead, pixels: torch.Tensor, labels: torch.Tensor,
+                  batch_size: int = 256) -> dict[str, float]:
+    """Per-token accuracy of ``head`` on :func:`token_labels` ``labels`` ``(N, T)``, and on the
+    tokens a shape covers the accuracy of kind and of colour alone."""
+    was_training = vit.training
+    vit.eval()
+    pred = torch.cat([head(vit(pixels[i:i + batch_size])).argmax(-1) for i in range(0, len(pixels), batch_size)])
+    vit.train(was_training)
+    covered = labels > 0
+    p, y = pred[covered] - 1, labels[covered] - 1
+    return {"token": (pred == labels).float().mean().item(),
+            "kind": (p // len(COLOURS) == y // len(COLOURS)).float().mean().item(),
+            "colour": (p % len(COLOURS) == y % len(COLOURS)).float().mean().item()}
+
+
+def token_probe(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eval_pixels: torch.Tensor,
+                eval_labels: torch.Tensor, steps: int = 300, lr: float = 1e-2, seed: int = 0) -> dict[str, float]:
+    """How plainly ``vit``'s LLM-sized tokens name their shape: a fresh linear :class:`TokenHead`
+    fitted (Adam, full batch, ``steps`` steps) on the frozen tokens of ``(pixels, labels)``
+    (:func:`token_labels`), scored by :func:`token_metrics` on ``(eval_pixels, eval_labels)``.
+    The same probe for any ViT, whatever objective it was warm-started with."""
+    was_training = vit.training
+    vit.eval()
+    torch.manual_seed(seed)
+    head = TokenHead(vit.config.hidden_size)
+    with torch.no_grad():
+        merged = torch.cat([pixel_shuffle(h[:, 1:].reshape(len(h), *(2 * [math.isqrt(h.shape[1] - 1)]), -1), 0.5)
+                            .flatten(1, 2) for h in (vit(pixels[i:i + 256]) for i in range(0, len(pixels), 256))])
+    x, y = merged.flatten(0, 1), labels.flatten()  # (N*T, 4C), (N*T,)
+    opt = torch.optim.Adam(head.classifier.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(head.classifier(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    vit.train(was_training)
+    return token_metrics(vit, head, eval_pixels, eval_labels)
+
+
 def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64,
-                 lr: float = 5e-3, warmup: int = 20, seed: int = 0, progress: bool = True) -> tuple[CellHead, list[float]]:
+                 lr: float = 5e-3, warmup: int = 20, seed: int = 0, progress: bool = True,
+                 tokens: torch.Tensor | None = None,
+                 token_weight: float = 0.0) -> tuple[CellHead, TokenHead | None, list[float]]:
     """Train ``vit`` and a fresh :class:`CellHead` on ``(pixels, labels)`` for ``steps`` AdamW steps
-    (cosine schedule, clipping 1.0). Returns the head and the loss per step."""
+    (cosine schedule, clipping 1.0). With ``token_weight > 0``, a fresh :class:`TokenHead` too,
+    on the :func:`token_labels` ``tokens`` ``(N, T)``: the loss is the cells' cross-entropy plus
+    ``token_weight`` times the tokens'. Returns the cell head, the token head (or ``None``) and
+    the loss per step."""
     from tqdm.auto import tqdm
 
     from minivl.train.trainer import cosine_with_warmup
 
+    if token_weight and tokens is None:
+        raise ValueError("token_weight > 0 needs the token labels (tokens=token_labels(patch_counts))")
     g = torch.Generator().manual_seed(seed)
     head = CellHead(vit.config.hidden_size)
+    token_head = TokenHead(vit.config.hidden_size) if token_weight else None
     params = list(vit.parameters()) + list(head.parameters())
+    if token_head is not None:
+        params += list(token_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, warmup, steps, 0.0))
     vit.train()
     losses = []
     for _ in tqdm(range(steps), desc="ViT warm start", disable=not progress, dynamic_ncols=True):
         idx = torch.randint(len(pixels), (batch_size,), generator=g)
-        logits = head(vit(pixels[idx]))  # (B, 9, NUM_CLASSES)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].flatten())
+        hidden = vit(pixels[idx])
+        loss = F.cross_entropy(head(hidden).flatten(0, 1), labels[idx].flatten())  # (B*9, K) cells
+        if token_head is not None:
+            loss = loss + token_weight * F.cross_entropy(token_head(hidden).flatten(0, 1), tokens[idx].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -133,23 +248,28 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     vit.eval()
-    return head, losses
+    return head, token_head, losses
 
 
 def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 4096, batch_size: int = 64,
                    lr: float = 5e-3, seed: int = 0, cache: str | Path | None = None,
-                   progress: bool = True, num_held_out: int = 512) -> tuple[InternVisionModel, dict[str, Any]]:
-    """Build an InternViT of ``config`` and pretrain it on ``num_scenes`` rendered scenes.
+                   progress: bool = True, num_held_out: int = 512,
+                   token_weight: float = 0.0) -> tuple[InternVisionModel, dict[str, Any]]:
+    """Build an InternViT of ``config`` and pretrain it on ``num_scenes`` rendered scenes (with
+    ``token_weight > 0``, the cells' objective plus the tokens', see :func:`pretrain_vit`).
 
     With ``cache`` (a directory), a ViT saved there by an identical call is loaded instead of
     trained. Returns ``(vit, info)``: the loss curve, the held-out cell metrics of
     :func:`cell_metrics` on ``num_held_out`` other scenes (and of an untrained ViT and head,
-    ``chance``), parameter count and seconds.
+    ``chance``), with a token head its :func:`token_metrics` (``held_out_tokens``), parameter
+    count and seconds.
     """
     from safetensors.torch import load_file, save_file
 
     key = {"config": dataclasses.asdict(config), "steps": steps, "num_scenes": num_scenes,
            "batch_size": batch_size, "lr": lr, "seed": seed, "num_held_out": num_held_out}
+    if token_weight:  # only then: a ViT cached without the token objective stays valid
+        key["token_weight"] = token_weight
     torch.manual_seed(seed)
     vit = InternVisionModel(config)
     if cache is not None:
@@ -159,15 +279,19 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
             vit.load_state_dict(load_file(cache / "model.safetensors"))
             return vit.eval(), json.loads(info_path.read_text())
     start = time.perf_counter()
-    pixels, labels = render_scenes(num_scenes, config.image_size, seed)
-    held_out = render_scenes(num_held_out, config.image_size, seed + 10_000)
+    pixels, labels, counts = render_scenes(num_scenes, config.image_size, seed, config.patch_size)
+    held_pixels, held_labels, held_counts = render_scenes(num_held_out, config.image_size, seed + 10_000,
+                                                          config.patch_size)
     render_seconds = time.perf_counter() - start
-    head, losses = pretrain_vit(vit, pixels, labels, steps, batch_size, lr, seed=seed, progress=progress)
+    head, token_head, losses = pretrain_vit(vit, pixels, labels, steps, batch_size, lr, seed=seed, progress=progress,
+                                            tokens=token_labels(counts), token_weight=token_weight)
     info = {"key": key, "losses": losses, "seconds": time.perf_counter() - start, "render_seconds": render_seconds,
             "parameters": sum(p.numel() for p in vit.parameters()),
-            "held_out": cell_metrics(vit, head, *held_out),
-            "chance": cell_metrics(InternVisionModel(config), CellHead(config.hidden_size), *held_out),
+            "held_out": cell_metrics(vit, head, held_pixels, held_labels),
+            "chance": cell_metrics(InternVisionModel(config), CellHead(config.hidden_size), held_pixels, held_labels),
             "final_loss": float(sum(losses[-10:]) / min(10, len(losses))) if losses else math.nan}
+    if token_head is not None:
+        info["held_out_tokens"] = token_metrics(vit, token_head, held_pixels, token_labels(held_counts))
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(cache / "model.safetensors"))
