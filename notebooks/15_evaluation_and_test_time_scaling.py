@@ -191,13 +191,13 @@ for name in ("shape_qa", "reasoning"):
 # %% [markdown]
 # Read the bars against the grey ones. At `cpu` scale (the quickstart model, measured on 2
 # CPU cores; the table holds this run's numbers) the model is well above the
-# most-common-answer baseline on `shape_qa` (54.8 % against 16.9 %: counting and colour
-# questions about two in three right, position questions one in four) and on `chart` (13.8 %
-# against 6.2 %), above it on `multi_image` (36.0 % against 27.2 %) and a little above it on
-# `video` (35.0 % against 31.8 %), below it on `small_text` (1.7 % against 3.7 %: it cannot
+# most-common-answer baseline on `shape_qa` (59.0 % against 16.9 %: counting and colour
+# questions about two in three right, position questions two in five) and on `chart` (15.0 %
+# against 6.2 %), above it on `multi_image` (44.0 % against 27.2 %) and a little above it on
+# `video` (37.5 % against 31.8 %), below it on `small_text` (0 % against 3.7 %: it cannot
 # read 9-pixel text) and `reasoning` (22.5 % against a 30 % most common letter; scored over
 # both variants, direct and CoT), and near zero on `grounding`
-# (3.8 %, chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
+# (6.2 %, chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
 #
@@ -234,9 +234,9 @@ plt.show()
 # %% [markdown]
 # At `cpu` scale (the quickstart model; each cell holds 15-35 questions, so a cell's standard
 # error is about 9 points) the second picture is the one we see. With one shape in the image,
-# colour questions are all right (33 of 33) and position questions half right; with four or
-# five shapes, colour falls to 43 % and 36 %, and position to 0-30 %. Counting falls less
-# (75 % -> 50-66 %). So the ViT and projector do carry what is in the image (a one-shape scene is read
+# colour questions are all right (33 of 33) and position questions nearly all (92 %); with
+# four or five shapes, colour falls to 43 % and 36 %, and position to 7-36 % from two shapes
+# on. Counting falls less (75-77 % -> 53-66 %). So the ViT and projector do carry what is in the image (a one-shape scene is read
 # perfectly); what the 2-layer LLM has not learnt in its minutes of stage 2 is to pick, among
 # several image tokens, the one whose kind the question names and to read *its* colour or
 # cell: binding an attribute to an object.
@@ -433,13 +433,13 @@ plt.show()
 #
 # Measured at `cpu` scale (the quickstart model, 40 questions, 2 CPU cores; the table above
 # holds the numbers of this run): **no significant gain**. Greedy CoT scores above the direct
-# answer (25.0 % against 20.0 %), maj@3 and maj@5 two questions above greedy CoT (30.0 %)
-# and maj@9 one (27.5 %), while pass@k climbs to 82.5 %: the right letter is among the nine
+# answer (25.0 % against 20.0 %), maj@3 and maj@9 four questions above greedy CoT (35.0 %)
+# and maj@5 three (32.5 %), while pass@k climbs to 82.5 %: the right letter is among the nine
 # chains for most questions, but it is not the one the model samples most often. One sampled
-# chain alone is below chance (about 22 %): at temperature 0.7 this small model's counts
+# chain alone is near chance (29.4 %): at temperature 0.7 this small model's counts
 # drift, and its chains are not even faithful to themselves (chain 1 above counts 6 shapes,
 # computes 6 - 1 = 4, names "option A" and then boxes B). The vote pools samples that are
-# each no better than a guess, and the figure at the top of the chapter says what voting
+# each barely better than a guess, and the figure at the top of the chapter says what voting
 # does then: little or nothing. With 40 questions the standard error is about 7 points, so
 # no difference in this table is significant on its own; what is robust is the gap between
 # pass@k and maj@k.
@@ -497,8 +497,8 @@ print("\ngiven:", repr(ex["given"]), "\nwrote:", repr(ex["after_arithmetic"]), "
 # %% [markdown]
 # Measured at `cpu` scale (200 problems; the table above holds this run's numbers): given
 # the right counts, the quickstart's LLM writes the right arithmetic line 6 % of the time
-# (16 % after stage 2), and given the right arithmetic it names the option that holds the
-# result 8 % (5.5 %) of the time; the letter it boxes is right 30 % of the time, within
+# (23.5 % after stage 2), and given the right arithmetic it names the option that holds the
+# result 8 % (12 %) of the time; the letter it boxes is right 30 % (22 %) of the time, within
 # about two standard errors (3 points) of the 25 % a blind pick gets. So the chain breaks
 # after the eyes as well: even perfect counts would leave `reasoning` at chance. The drills
 # teach the arithmetic (90.5 %) but not the lookup (25.0 %, letter 26.0 %). The lookup is a
@@ -560,8 +560,9 @@ else:
 #   reads the first box in 0-1000 coordinates.
 # - The quickstart model beats the most-common-answer baseline on the perception tasks and
 #   not on reading or grounding.
-# - Test-time scaling: greedy CoT scores no better than the direct answer here, and majority
-#   voting brings no gain, because a single sampled chain is no better than chance. Voting
+# - Test-time scaling: greedy CoT scores about as well as the direct answer here, and majority
+#   voting brings no significant gain, because a single sampled chain is barely better than
+#   chance. Voting
 #   sharpens whatever answer is likeliest, right or wrong. pass@k shows the right answer is often
 #   among the samples, which is what a verifier (a reward model picking the best chain, as
 #   in VisualPRM's Best-of-N for InternVL 2.5) could exploit and a vote cannot.
