@@ -147,43 +147,48 @@ class TokenHead(nn.Module):
         self.downsample_ratio = downsample_ratio
         self.classifier = nn.Linear(hidden_size * round(1 / downsample_ratio) ** 2, NUM_CLASSES)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        n, tokens, width = hidden.shape  # (N, 1 + P, C), CLS first
+    def merge(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + P, C) ViT output -> (N, T, 4C) LLM-sized tokens (CLS dropped)."""
+        n, tokens, width = hidden.shape
         side = math.isqrt(tokens - 1)
-        merged = pixel_shuffle(hidden[:, 1:].reshape(n, side, side, width), self.downsample_ratio)
-        return self.classifier(merged.flatten(1, 2))  # (N, T, NUM_CLASSES)
+        return pixel_shuffle(hidden[:, 1:].reshape(n, side, side, width), self.downsample_ratio).flatten(1, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.merge(hidden))  # (N, T, NUM_CLASSES)
 
 
 @torch.no_grad()
-def cell_metrics(vit: nn.Module, head: CellHead, pixels: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int = 256) -> dict[str, float]:
-    """Per-cell accuracy, and on occupied cells the accuracy of kind and of colour alone."""
+def _predict(vit: nn.Module, head: nn.Module, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``head``'s class per position (cell or token) for every image, the ViT in eval mode."""
     was_training = vit.training
     vit.eval()
     pred = torch.cat([head(vit(pixels[i:i + batch_size])).argmax(-1) for i in range(0, len(pixels), batch_size)])
     vit.train(was_training)
-    occupied = labels > 0
-    p, y = pred[occupied] - 1, labels[occupied] - 1
-    return {"cell": (pred == labels).float().mean().item(),
-            "occupied": ((pred > 0) == occupied).float().mean().item(),
-            "kind": (p // len(COLOURS) == y // len(COLOURS)).float().mean().item(),
+    return pred
+
+
+def _kind_and_colour(pred: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Where a shape is (label > 0): how often the predicted kind, and the colour, are right."""
+    shape = labels > 0
+    p, y = pred[shape] - 1, labels[shape] - 1
+    return {"kind": (p // len(COLOURS) == y // len(COLOURS)).float().mean().item(),
             "colour": (p % len(COLOURS) == y % len(COLOURS)).float().mean().item()}
 
 
-@torch.no_grad()
+def cell_metrics(vit: nn.Module, head: CellHead, pixels: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int = 256) -> dict[str, float]:
+    """Per-cell accuracy, and on occupied cells the accuracy of kind and of colour alone."""
+    pred = _predict(vit, head, pixels, batch_size)
+    return {"cell": (pred == labels).float().mean().item(),
+            "occupied": ((pred > 0) == (labels > 0)).float().mean().item(), **_kind_and_colour(pred, labels)}
+
+
 def token_metrics(vit: nn.Module, head: TokenHead, pixels: torch.Tensor, labels: torch.Tensor,
                   batch_size: int = 256) -> dict[str, float]:
     """Per-token accuracy of ``head`` on :func:`token_labels` ``labels`` ``(N, T)``, and on the
     tokens a shape covers the accuracy of kind and of colour alone."""
-    was_training = vit.training
-    vit.eval()
-    pred = torch.cat([head(vit(pixels[i:i + batch_size])).argmax(-1) for i in range(0, len(pixels), batch_size)])
-    vit.train(was_training)
-    covered = labels > 0
-    p, y = pred[covered] - 1, labels[covered] - 1
-    return {"token": (pred == labels).float().mean().item(),
-            "kind": (p // len(COLOURS) == y // len(COLOURS)).float().mean().item(),
-            "colour": (p % len(COLOURS) == y % len(COLOURS)).float().mean().item()}
+    pred = _predict(vit, head, pixels, batch_size)
+    return {"token": (pred == labels).float().mean().item(), **_kind_and_colour(pred, labels)}
 
 
 def token_probe(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eval_pixels: torch.Tensor,
@@ -197,8 +202,7 @@ def token_probe(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eval
     torch.manual_seed(seed)
     head = TokenHead(vit.config.hidden_size)
     with torch.no_grad():
-        merged = torch.cat([pixel_shuffle(h[:, 1:].reshape(len(h), *(2 * [math.isqrt(h.shape[1] - 1)]), -1), 0.5)
-                            .flatten(1, 2) for h in (vit(pixels[i:i + 256]) for i in range(0, len(pixels), 256))])
+        merged = torch.cat([head.merge(vit(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
     x, y = merged.flatten(0, 1), labels.flatten()  # (N*T, 4C), (N*T,)
     opt = torch.optim.Adam(head.classifier.parameters(), lr=lr)
     for _ in range(steps):
