@@ -73,15 +73,25 @@ def test_warm_start_learns_and_caches(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_patch_counts_cover_every_pixel_and_match_the_cell_labels():
-    """Each patch's class counts sum to its 14 x 14 pixels; a cell's shape class is the only
-    shape class counted inside that cell's central patches."""
+def test_patch_counts_cover_every_pixel_and_lie_on_the_shapes():
+    """Each patch's class counts sum to its 14 x 14 pixels; the shape classes counted in an
+    image are exactly its cells' labels; and a patch that one class fills entirely shows that
+    class's palette colour in the image (the class map is aligned with the resized image)."""
     pixels, labels, counts = render_scenes(16, image_size=112, seed=5)
     assert counts.shape == (16, 8, 8, NUM_CLASSES)
     assert (counts.sum(-1) == 14 * 14).all()
-    for count, label in zip(counts, labels):
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    rgb = ((pixels * std + mean) * 255).permute(0, 2, 3, 1)  # (N, H, W, 3)
+    full = 0
+    for image, count, label in zip(rgb, counts, labels):
         shape_classes = {int(k) for k in torch.nonzero(count[..., 1:].sum((0, 1))).flatten() + 1}
         assert shape_classes == {int(c) for c in label if c > 0}  # every shape drawn, nothing else
+        for row, col, cls in torch.nonzero(count[..., 1:] == 14 * 14).tolist():
+            colour = PALETTE[COLOURS[cls % len(COLOURS)]]  # class cls + 1 -> colour index cls % 4
+            patch = image[row * 14 + 2:(row + 1) * 14 - 2, col * 14 + 2:(col + 1) * 14 - 2]
+            assert (patch.reshape(-1, 3).mean(0) - torch.tensor(colour, dtype=torch.float)).abs().max() < 20
+            full += 1
+    assert full > 0  # the check above ran
 
 
 def test_token_labels_follow_pixel_shuffle_blocks():

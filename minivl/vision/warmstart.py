@@ -81,6 +81,8 @@ def render_scenes(n: int, image_size: int = 112, seed: int = 0,
         raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     rng = random.Random(f"vit-warmstart/{seed}")
     grid = image_size // patch_size
+    rows = np.arange(image_size) // patch_size
+    patch_of_pixel = rows[:, None] * grid + rows[None, :]  # (S, S): pixel (y, x) lies in patch (y // p) * g + x // p
     pixels, labels, counts = [], [], []
     for _ in range(n):
         width, height = rng.choice(SCENE_SIZES)
@@ -94,10 +96,8 @@ def render_scenes(n: int, image_size: int = 112, seed: int = 0,
             label[CELL_NAMES.index(s.position)] = cell_label(s.kind, s.colour)
             draw_shape(draw, s, fill=cell_label(s.kind, s.colour))
         class_map = np.asarray(class_map.resize((image_size, image_size), Image.NEAREST), dtype=np.int64)
-        # count (patch, class) pairs: the patch of pixel (y, x) is (y // p) * g + x // p
-        rows = np.arange(image_size) // patch_size
-        patch = rows[:, None] * grid + rows[None, :]  # (S, S)
-        pairs = np.bincount((patch * NUM_CLASSES + class_map).ravel(), minlength=grid * grid * NUM_CLASSES)
+        # count (patch, class) pairs
+        pairs = np.bincount((patch_of_pixel * NUM_CLASSES + class_map).ravel(), minlength=grid * grid * NUM_CLASSES)
         counts.append(torch.from_numpy(pairs.reshape(grid, grid, NUM_CLASSES).astype(np.int16)))
         pixels.append(tile[0])
         labels.append(label)
@@ -288,7 +288,7 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
                                                           config.patch_size)
     render_seconds = time.perf_counter() - start
     head, token_head, losses = pretrain_vit(vit, pixels, labels, steps, batch_size, lr, seed=seed, progress=progress,
-                                            tokens=token_labels(counts), token_weight=token_weight)
+                                            tokens=token_labels(counts) if token_weight else None, token_weight=token_weight)
     info = {"key": key, "losses": losses, "seconds": time.perf_counter() - start, "render_seconds": render_seconds,
             "parameters": sum(p.numel() for p in vit.parameters()),
             "held_out": cell_metrics(vit, head, held_pixels, held_labels),
