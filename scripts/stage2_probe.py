@@ -24,6 +24,10 @@ Add ``--through-projector`` to feed the oracle's vectors through the MLP project
 ViT features are, and see whether the projector path keeps what the tokens say;
 ``--projector-init-scale`` changes how loud the fresh projector starts, and
 ``--oracle-kind-noise`` makes the oracle misread shape kinds, to ask how good the eyes must be.
+
+``--vit-warm-lr`` and ``--vit-token-weight`` change the ViT warm start (its peak lr, and the
+weight of its per-image-token objective, see ``minivl.vision.warmstart``); the workspace's ViT
+is retrained, so give such a run its own ``--out``.
 """
 
 from __future__ import annotations
