@@ -1,0 +1,66 @@
+"""scripts/text_reading_probe.py: its labels lie where the ink is, and its metrics score a
+perfect reader 100 % and a blind one 0 %."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from minivl.vision.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("text_reading_probe", ROOT / "scripts" / "text_reading_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("font_size", [9, 20])
+def test_each_labelled_token_holds_ink_and_most_unlabelled_ones_do_not(probe, font_size):
+    pixels, labels = probe.render_text_tiles(64, image_size=112, font_size=font_size, seed=3)
+    assert pixels.shape == (64, 3, 112, 112) and labels.shape == (64, 16, len(probe.ALPHABET))
+    assert labels.sum() > 32  # 0-3 strings of 1-5 characters per tile
+    # back to 0-255 grey levels; a token's darkest pixel is ink (<= 60) or background (>= 235),
+    # up to the bilinear resize of a tile that is already 112 px (none: the tile is kept as is)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    grey = ((pixels * std + mean) * 255).mean(1)
+    darkest = grey.unfold(1, 28, 28).unfold(2, 28, 28).amin((-1, -2)).flatten(1)  # (n, 16), row-major tokens
+    labelled = labels.sum(-1) > 0
+    assert (darkest[labelled] < 150).all()  # a character's centre lies in the token: so does some of its ink
+    # ink without a label only where a neighbour's character spills over
+    assert (darkest[~labelled] < 150).float().mean() < 0.2
+
+
+def test_tiles_without_text_have_no_labels_and_the_draw_is_seeded(probe):
+    a_pixels, a_labels = probe.render_text_tiles(32, image_size=112, font_size=9, seed=0)
+    b_pixels, b_labels = probe.render_text_tiles(32, image_size=112, font_size=9, seed=0)
+    assert torch.equal(a_pixels, b_pixels) and torch.equal(a_labels, b_labels)
+    blank = a_pixels.flatten(2).std(2).amax(1) < 1e-6  # a uniform tile: no string was drawn in it
+    assert blank.any() and (a_labels[blank] == 0).all()
+
+
+class _Passthrough(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_metrics_score_a_perfect_reader_fully_and_a_blind_one_not_at_all(probe):
+    _, labels = probe.render_text_tiles(32, image_size=112, font_size=9, seed=1)
+    perfect = probe.reading_metrics(_Passthrough(), _Passthrough(), labels * 20 - 10, labels)
+    assert perfect == {"recall": 1.0, "precision": 1.0, "top_m": 1.0, "token_exact": 1.0}
+    # a reader that always names the same two characters, whatever it sees
+    blind_logits = torch.full_like(labels, -10.0)
+    blind_logits[..., :2] = 10.0
+    blind = probe.reading_metrics(_Passthrough(), _Passthrough(), blind_logits, labels)
+    present = labels.bool()
+    expected = present[..., :2].sum().item() / present.sum().item()
+    assert blind["recall"] == pytest.approx(expected) and blind["recall"] < 0.2
+    assert blind["token_exact"] < 0.1
