@@ -9,8 +9,9 @@ task's 9 px, strings cut where the tile ends), and a linear head on each LLM ima
 says which characters have their centre in that token (multi-label, binary cross-entropy,
 positives weighted by ``--pos-weight``). It reports, on held-out tiles, the share of the
 characters present that the head finds (recall) and of those it names that are there
-(precision); a token that reads every one of its characters and nothing else counts in
-``token_exact``.
+(precision), and threshold-free, the share whose token ranks them among its top m logits
+when it holds m characters (``top_m``, next to what a random ranking scores); a token that
+reads every one of its characters and nothing else counts in ``token_exact``.
 
     MINIVL_SCALE=cpu python scripts/text_reading_probe.py                 # the quickstart's ViT, 9 px
     MINIVL_SCALE=cpu python scripts/text_reading_probe.py --font-size 20  # glyphs as large as a patch
@@ -100,8 +101,10 @@ def reading_metrics(vit: nn.Module, head: ReadHead, pixels: torch.Tensor, labels
     m = present.sum(-1, keepdim=True)
     rank = logits.argsort(-1, descending=True).argsort(-1)  # 0 = highest logit
     in_top = (present & (rank < m)).sum().item()
+    # a random ranking puts a character of a token with m of them in its top m with chance m / 34
+    chance = (m * m).sum().item() / max(1, m.sum().item()) / len(ALPHABET)
     return {"recall": hits / max(1, present.sum().item()), "precision": hits / max(1, found.sum().item()),
-            "top_m": in_top / max(1, present.sum().item()),
+            "top_m": in_top / max(1, present.sum().item()), "top_m_chance": chance,
             "token_exact": (found == present).all(-1)[inked].float().mean().item()}
 
 
@@ -144,7 +147,8 @@ def main() -> None:
         if step % (args.steps // 4) == 0 or step == args.steps:
             m = reading_metrics(vit, head, held_pixels, held_labels)
             print(f"step {step}: loss {loss.item():.4f}; held out: characters found {m['recall']:.1%}, "
-                  f"named rightly {m['precision']:.1%}, among its token's top guesses {m['top_m']:.1%}, "
+                  f"named rightly {m['precision']:.1%}, among its token's top guesses {m['top_m']:.1%} "
+                  f"(by chance {m['top_m_chance']:.1%}), "
                   f"tokens read exactly {m['token_exact']:.1%}", flush=True)
     print(f"ViT {args.width} wide x {args.layers} layers ({sum(p.numel() for p in vit.parameters()):,} parameters), "
           f"{args.steps} steps in {time.perf_counter() - start:.0f} s")

@@ -100,3 +100,29 @@ def test_evaluate_suite_counts_every_record(tmp_path):
         evaluate_suite(Oracle(gold), None, meta, tasks=["caption"])
     base = majority_baseline(meta, tasks=["shape_qa"])
     assert 0 < base["shape_qa"] <= 1
+
+
+def _colour_question(kind: str, shapes: list[tuple[str, str]], qtype: str = "colour"):
+    from minivl.data.records import Record
+
+    meta = {"question_type": qtype, "shapes": [{"kind": k, "colour": c} for k, c in shapes]}
+    return Record(conversations=[{"from": "human", "value": f"<image>\nWhat colour is the {kind}?"},
+                                 {"from": "gpt", "value": dict(shapes)[kind]}],
+                  kind="image", images=["x.png"], extra={"meta": meta})
+
+
+def test_colour_binding_group_says_whether_another_shape_shares_the_answer():
+    from minivl.eval.suite import colour_binding_group
+
+    # the circle is red; a blue square: no other red shape
+    assert colour_binding_group(_colour_question("circle", [("circle", "red"), ("square", "blue")])) == (2, "unique")
+    # a red triangle shares the circle's colour
+    shared = [("circle", "red"), ("square", "blue"), ("triangle", "red")]
+    assert colour_binding_group(_colour_question("circle", shared)) == (3, "shared")
+    # the question's kind, not the first shape, is the one looked at
+    assert colour_binding_group(_colour_question("square", shared)) == (3, "unique")
+    assert colour_binding_group(_colour_question("circle", [("circle", "green")])) == (1, "unique")
+    # not a colour question, or no shapes: left out
+    assert colour_binding_group(_colour_question("circle", shared, qtype="count")) is None
+    from minivl.data.records import Record
+    assert colour_binding_group(Record(conversations=[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}])) is None

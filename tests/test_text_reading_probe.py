@@ -55,7 +55,10 @@ class _Passthrough(nn.Module):
 def test_metrics_score_a_perfect_reader_fully_and_a_blind_one_not_at_all(probe):
     _, labels = probe.render_text_tiles(32, image_size=112, font_size=9, seed=1)
     perfect = probe.reading_metrics(_Passthrough(), _Passthrough(), labels * 20 - 10, labels)
+    chance = perfect.pop("top_m_chance")
     assert perfect == {"recall": 1.0, "precision": 1.0, "top_m": 1.0, "token_exact": 1.0}
+    m = labels.sum(-1)  # characters per token: a random ranking finds one of m among m of 34
+    assert chance == pytest.approx(((m / 34) * m).sum().item() / m.sum().item()) and 0.03 < chance < 0.2
     # a reader that always names the same two characters, whatever it sees
     blind_logits = torch.full_like(labels, -10.0)
     blind_logits[..., :2] = 10.0

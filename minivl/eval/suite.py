@@ -60,6 +60,27 @@ def scene_question_group(record: Record) -> tuple[str, int] | None:
     return meta["question_type"], len(meta["shapes"])
 
 
+def colour_binding_group(record: Record) -> tuple[int, str] | None:
+    """``(number of shapes, "shared" | "unique")`` of a ``shape_qa`` colour question, else None:
+    whether another shape in the image has the colour of the shape the question names.
+
+    A ``group_by`` for :func:`evaluate_suite` that tells binding from guessing. A model that
+    reads the colour of the named shape scores the same in both groups; one that answers with
+    the image's commonest colour is right when another shape shares the answer ("shared") and
+    falls below chance, as shapes are added, when none does ("unique"). Chapter 15."""
+    from minivl.data.synthetic.common import SHAPES
+
+    meta = record.extra.get("meta", {})
+    if meta.get("question_type") != "colour" or "shapes" not in meta:
+        return None
+    question = _question(record, 0).lower()
+    named = [s for s in meta["shapes"] if s["kind"] in SHAPES and f"the {s['kind']}?" in question]
+    if len(named) != 1:  # colour questions name a shape whose kind is unique in the image
+        return None
+    others = [s["colour"] for s in meta["shapes"] if s is not named[0]]
+    return len(meta["shapes"]), "shared" if named[0]["colour"] in others else "unique"
+
+
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
     """(score in [0, 1], parseable) of one response to one record of ``task``."""
     gold = record.conversations[-1]["value"]
