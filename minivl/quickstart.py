@@ -44,8 +44,8 @@ class Recipe:
     # start (what each cell holds: kind 87 % instead of 81 %), but in the stage-2 probe
     # (scripts/stage2_probe.py --image-size 84, seeds 0 / 1) colour and count stayed within the
     # seed spread (colour 71 / 68 against 66 / 66, count 72 / 72 against 75 / 66), and small
-    # text's 7 px glyphs would shrink to 5 px. With today's warm start (vit_warm_lr,
-    # vit_token_weight) 84 px did worse: shape_qa 43.8 % (seed 0; 59.8 % at 112 px), and with
+    # text's 7 px glyphs would shrink to 5 px. With the token-trained warm start (vit_warm_lr,
+    # vit_token_weight below) 84 px did worse: shape_qa 43.8 % (seed 0; 59.8 % at 112 px), and with
     # --projector-init-scale 5 54.0 / 54.5 % (colour 69 / 64 %, count 72 / 75 %, seeds 0 / 1)
     image_size: int = 112
     llm_size: str = "S"

@@ -196,8 +196,8 @@ for name in ("shape_qa", "reasoning"):
 # against 6.2 %), above it on `multi_image` (44.0 % against 27.2 %) and a little above it on
 # `video` (37.5 % against 31.8 %), below it on `small_text` (0 % against 3.7 %: it cannot
 # read 9-pixel text, and a ViT this size trained for nothing but reading them does not learn
-# to in minutes, `scripts/text_reading_probe.py`) and `reasoning` (22.5 % against a 30 % most common letter; scored over
-# both variants, direct and CoT), and near zero on `grounding`
+# to in minutes, `scripts/text_reading_probe.py`) and `reasoning` (22.5 % against a 30 %
+# most common letter; scored over both variants, direct and CoT), and near zero on `grounding`
 # (6.2 %, chapter 14). A 0.7M-parameter model trained for minutes learns every answer format and
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
@@ -316,8 +316,8 @@ for group, label in (("shared", "another shape has the colour"), ("unique", "no 
 # shape_qa from 55 % to 59 % (in the stage-2 probe, 1500 steps, seeds 0 / 1 / 2: shape_qa
 # 60 / 61 / 64 % against 52-55 % before), but colour (67 %) and count (68 %) did not move:
 # one token in eleven misread is still far from the near-faultless tokens the oracle runs ask for.
-# Four times the steps again say where the limit is (`--steps 6000`, seed 0, with today's
-# warm start): shape_qa 67 % (colour 67 %, count 83 %, position 47 %) at 112 px, and 71 %
+# Four times the steps again say where the limit is (`--steps 6000`, seed 0, with the
+# token-trained warm start): shape_qa 67 % (colour 67 %, count 83 %, position 47 %) at 112 px, and 71 %
 # (colour 73 %, count 92 %, position 42 %) with 84 px tiles and the louder projector start
 # (`--image-size 84 --projector-init-scale 5` and an `--out` of its own; about 8 minutes
 # each). Counting grows with steps; colour stays where the table above left it.

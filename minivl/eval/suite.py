@@ -68,13 +68,11 @@ def colour_binding_group(record: Record) -> tuple[int, str] | None:
     reads the colour of the named shape scores the same in both groups; one that answers with
     the image's commonest colour is right when another shape shares the answer ("shared") and
     falls below chance, as shapes are added, when none does ("unique"). Chapter 15."""
-    from minivl.data.synthetic.common import SHAPES
-
     meta = record.extra.get("meta", {})
     if meta.get("question_type") != "colour" or "shapes" not in meta:
         return None
     question = _question(record, 0).lower()
-    named = [s for s in meta["shapes"] if s["kind"] in SHAPES and f"the {s['kind']}?" in question]
+    named = [s for s in meta["shapes"] if f"the {s['kind']}?" in question]
     if len(named) != 1:  # colour questions name a shape whose kind is unique in the image
         return None
     others = [s["colour"] for s in meta["shapes"] if s is not named[0]]
