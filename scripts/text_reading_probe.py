@@ -23,7 +23,6 @@ never its words or numbers; tiles come from their own seed.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 
@@ -33,11 +32,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from minivl.data.synthetic.common import font
-from minivl.projector import pixel_shuffle
 from minivl.quickstart import RECIPES, Recipe, vision_config
 from minivl.train.trainer import cosine_with_warmup
 from minivl.vision.intern_vit import InternVisionModel
 from minivl.vision.transforms import load_image_tiles
+from minivl.vision.warmstart import TokenHead
 
 ALPHABET = "ABCDEFGHIKLMNOPRSTUVWXYZ0123456789"
 
@@ -75,18 +74,14 @@ def render_text_tiles(n: int, image_size: int, font_size: int, seed: int,
     return torch.stack(pixels), torch.stack(labels)
 
 
-class ReadHead(nn.Module):
-    """ViT output ``(N, 1 + P, C)`` -> per LLM image token, one logit per character."""
+class ReadHead(TokenHead):
+    """ViT output ``(N, 1 + P, C)`` -> per LLM image token, one logit per character: the ViT
+    warm start's :class:`~minivl.vision.warmstart.TokenHead` (the same merge of 2 x 2 patches)
+    with a classifier over :data:`ALPHABET` instead of the shape classes."""
 
     def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.classifier = nn.Linear(4 * hidden_size, len(ALPHABET))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        n, tokens, width = hidden.shape
-        side = math.isqrt(tokens - 1)
-        merged = pixel_shuffle(hidden[:, 1:].reshape(n, side, side, width), 0.5).flatten(1, 2)
-        return self.classifier(merged)
+        super().__init__(hidden_size)
+        self.classifier = nn.Linear(self.classifier.in_features, len(ALPHABET))
 
 
 @torch.no_grad()
@@ -96,12 +91,13 @@ def reading_metrics(vit: nn.Module, head: ReadHead, pixels: torch.Tensor, labels
     vit.train()
     present, found = labels.bool(), logits > 0
     hits = (found & present).sum().item()
-    # threshold-free: on each token with characters, are its m highest logits its m characters?
     inked = present.any(-1)
+    # threshold-free: on each token with characters, are its m highest logits its m characters?
     m = present.sum(-1, keepdim=True)
     rank = logits.argsort(-1, descending=True).argsort(-1)  # 0 = highest logit
     in_top = (present & (rank < m)).sum().item()
     # a random ranking puts a character of a token with m of them in its top m with chance m / 34
+    # (len(ALPHABET))
     chance = (m * m).sum().item() / max(1, m.sum().item()) / len(ALPHABET)
     return {"recall": hits / max(1, present.sum().item()), "precision": hits / max(1, found.sum().item()),
             "top_m": in_top / max(1, present.sum().item()), "top_m_chance": chance,

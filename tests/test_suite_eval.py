@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minivl.data.records import parse_record
+from minivl.data.records import Record, parse_record
 from minivl.eval.suite import evaluate_suite, majority_baseline, scene_question_group, score_answer
 
 
@@ -103,8 +103,6 @@ def test_evaluate_suite_counts_every_record(tmp_path):
 
 
 def _colour_question(kind: str, shapes: list[tuple[str, str]], qtype: str = "colour"):
-    from minivl.data.records import Record
-
     meta = {"question_type": qtype, "shapes": [{"kind": k, "colour": c} for k, c in shapes]}
     return Record(conversations=[{"from": "human", "value": f"<image>\nWhat colour is the {kind}?"},
                                  {"from": "gpt", "value": dict(shapes)[kind]}],
@@ -124,5 +122,4 @@ def test_colour_binding_group_says_whether_another_shape_shares_the_answer():
     assert colour_binding_group(_colour_question("circle", [("circle", "green")])) == (1, "unique")
     # not a colour question, or no shapes: left out
     assert colour_binding_group(_colour_question("circle", shared, qtype="count")) is None
-    from minivl.data.records import Record
     assert colour_binding_group(Record(conversations=[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}])) is None

@@ -1,5 +1,5 @@
 """scripts/text_reading_probe.py: its labels lie where the ink is, and its metrics score a
-perfect reader 100 % and a blind one 0 %."""
+perfect reader 100 % and a reader blind to the image near nothing."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def test_each_labelled_token_holds_ink_and_most_unlabelled_ones_do_not(probe, fo
     pixels, labels = probe.render_text_tiles(64, image_size=112, font_size=font_size, seed=3)
     assert pixels.shape == (64, 3, 112, 112) and labels.shape == (64, 16, len(probe.ALPHABET))
     assert labels.sum() > 32  # 0-3 strings of 1-5 characters per tile
-    # back to 0-255 grey levels; a token's darkest pixel is ink (<= 60) or background (>= 235),
-    # up to the bilinear resize of a tile that is already 112 px (none: the tile is kept as is)
+    # back to 0-255 grey levels: a token's darkest pixel is ink (<= 60) or background (>= 235),
+    # or between them on a glyph's anti-aliased edge
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     grey = ((pixels * std + mean) * 255).mean(1)
     darkest = grey.unfold(1, 28, 28).unfold(2, 28, 28).amin((-1, -2)).flatten(1)  # (n, 16), row-major tokens
