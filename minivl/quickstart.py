@@ -237,7 +237,7 @@ def build_model(ws: Workspace, language_model: Any = None, pretrained_vit: bool 
     if size is None:
         raise ValueError(f"language_model is {dims[0]} wide x {dims[1]} layers, none of the warm-start sizes "
                          f"{ {name: spec[:2] for name, spec in LLM_SIZES.items()} }; add it to LLM_SIZES")
-    config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer)),
+    config = MiniVLConfig(vision=vision, llm=llm_config(size, len(ws.tokenizer), llm.config.tie_word_embeddings),
                           image_token_id=image_token_id(ws.tokenizer))
     model = MiniVL(config, language_model=llm)
     if r.projector_init_scale != 1.0:

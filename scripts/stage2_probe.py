@@ -28,6 +28,11 @@ ViT features are, and see whether the projector path keeps what the tokens say;
 ``--vit-warm-lr`` and ``--vit-token-weight`` change the ViT warm start (its peak lr, and the
 weight of its per-image-token objective, see ``minivl.vision.warmstart``); the workspace's ViT
 is retrained, so give such a run its own ``--out``.
+
+``--untied-embeddings`` and ``--frozen-warm-embeddings`` change what the LLM warm start does
+to the words (see ``minivl.train.warmstart.word_similarity``): the LLM gets its own output
+matrix, or keeps its input embeddings at their random start while the rest of it learns the
+suite's text; each variant is warm-started once and cached under ``--out``.
 """
 
 from __future__ import annotations
@@ -154,17 +159,20 @@ def attach_oracle_vision(model, through_projector: bool = False, kind_noise: flo
     model.extract_feature = extract_feature
 
 
-def llm_of_depth(ws, layers: int):
-    """The workspace's LLM-S, or an LLM-S-wide model with ``layers`` layers warm-started the same way."""
+def llm_of_depth(ws, layers: int, tie_word_embeddings: bool = True, train_embeddings: bool = True):
+    """The workspace's LLM-S, or an LLM-S-wide model with ``layers`` layers (and, if asked,
+    untied embeddings or input embeddings kept at their random start) warm-started the same way."""
     hidden, depth, heads, kv, inter = LLM_SIZES["S"]
-    if layers == depth:
+    variant = ("" if tie_word_embeddings else "_untied") + ("" if train_embeddings else "_frozen_embeddings")
+    if layers == depth and not variant:
         return "S", ws.llm
-    size = f"S{layers}"
+    size = "S" if layers == depth else f"S{layers}"
     LLM_SIZES[size] = (hidden, layers, heads, kv, inter)  # registered for this process only
     r = ws.recipe
     llm, _ = warm_start_llm(ws.tokenizer, suite_conversations(ws.train_meta), size, steps=r.warm_steps, seed=r.seed,
-                            cache=ws.out / f"llm_{size}", progress=False)
-    return size, llm
+                            cache=ws.out / f"llm_{size}{variant}", progress=False,
+                            tie_word_embeddings=tie_word_embeddings, train_embeddings=train_embeddings)
+    return size + variant, llm
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -191,6 +199,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="with --oracle-vision: feed the oracle's vectors through the MLP projector")
     parser.add_argument("--oracle-kind-noise", type=float, default=0.0,
                         help="with --oracle-vision: misread each occupied cell's kind with this probability")
+    parser.add_argument("--untied-embeddings", action="store_true",
+                        help="warm-start the LLM with its own output matrix instead of tied embeddings")
+    parser.add_argument("--frozen-warm-embeddings", action="store_true",
+                        help="keep the LLM's input embeddings at their random start during its warm start "
+                             "(stage 2 trains them)")
     parser.add_argument("--per-task", type=int, default=None, help="held-out questions (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -227,9 +240,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{f' misreading {args.oracle_kind_noise:.0%} of kinds' if args.oracle_kind_noise else ''}"
           f"{' through the projector' if args.through_projector else ''}; projector's last layer at "
           f"{recipe.projector_init_scale:g}x its default init; held-out shape_qa ({scale} scale)")
-    print(f"{'LLM':<15}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
+    print(f"{'LLM':<36}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
     for layers in args.llm_layers:
-        size, llm = llm_of_depth(ws, layers)
+        size, llm = llm_of_depth(ws, layers, tie_word_embeddings=not args.untied_embeddings,
+                                 train_embeddings=not args.frozen_warm_embeddings)
         for seed in args.seeds:
             run_ws = dataclasses.replace(ws, recipe=dataclasses.replace(ws.recipe, seed=seed))
             model = build_model(run_ws, language_model=copy.deepcopy(llm))
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = {"llm": f"{size} ({layers} layers)", "seed": seed, "seconds": seconds,
                    "shape_qa": scores["shape_qa"], "by_type": by_type}
             rows.append(row)
-            print(f"{row['llm']:<15}{seed:>5}{seconds:>9.0f}{row['shape_qa']:>10.1%}   "
+            print(f"{row['llm']:<36}{seed:>5}{seconds:>9.0f}{row['shape_qa']:>10.1%}   "
                   + ", ".join(f"{q} {v:.0%}" for q, v in by_type.items()), flush=True)
     return rows
 

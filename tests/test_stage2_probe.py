@@ -1,4 +1,4 @@
-"""scripts/stage2_probe.py's oracle vision: painted scene cells are read back exactly."""
+"""scripts/stage2_probe.py: oracle vision reads painted scene cells back exactly; LLM variants run end to end."""
 
 from __future__ import annotations
 
@@ -101,3 +101,20 @@ def test_oracle_kind_noise_misreads_kinds_only_and_the_same_way_each_time():
     assert ((read[changed] - 1) // n != (codes[changed] - 1) // n).all()  # a misread kind is another kind
     with pytest.raises(ValueError, match="probability"):
         probe.OracleVision(hidden_size=4, kind_noise=1.5)
+
+
+def test_probe_runs_with_an_untied_frozen_embedding_llm(tmp_path, monkeypatch):
+    """At smoke scale, the LLM variant flags warm-start their own LLM (cached under --out, with
+    untied embeddings whose input side kept its start) and the probe scores it."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("MINIVL_SCALE", "smoke")
+    rows = _probe().main(["--out", str(tmp_path), "--tasks", "shape_qa", "--steps", "2", "--per-task", "2",
+                          "--untied-embeddings", "--frozen-warm-embeddings"])
+    (row,) = rows
+    assert row["llm"] == "S_untied_frozen_embeddings (2 layers)" and 0.0 <= row["shape_qa"] <= 1.0
+    variant = json.loads((tmp_path / "llm_S_untied_frozen_embeddings" / "warmstart.json").read_text())
+    assert variant["key"]["train_embeddings"] is False
+    assert variant["key"]["config"]["tie_word_embeddings"] is False
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path / "llm_S_untied_frozen_embeddings")
+    assert not torch.equal(llm.lm_head.weight, llm.get_input_embeddings().weight)

@@ -31,8 +31,12 @@ from minivl.text.template import get_template
 LLM_SIZES = {"S": (128, 2, 4, 2, 384), "L": (256, 4, 4, 2, 768)}
 
 
-def llm_config(size: str, vocab_size: int) -> dict[str, Any]:
-    """A Qwen2 config dict for the cpu-scale LLM of ``size`` ``"S"`` or ``"L"``."""
+def llm_config(size: str, vocab_size: int, tie_word_embeddings: bool = True) -> dict[str, Any]:
+    """A Qwen2 config dict for the cpu-scale LLM of ``size`` ``"S"`` or ``"L"``.
+
+    Input and output embeddings are one matrix, as in the small Qwen2.5 models InternVL2.5-1B
+    and -4B start from; ``tie_word_embeddings=False`` gives them their own, as Qwen2.5-7B and
+    InternLM2.5 have."""
     if size not in LLM_SIZES:
         raise ValueError(f"unknown LLM size {size!r}; expected one of {sorted(LLM_SIZES)}")
     hidden, layers, heads, kv, inter = LLM_SIZES[size]
@@ -42,7 +46,7 @@ def llm_config(size: str, vocab_size: int) -> dict[str, Any]:
         "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_act": "silu",
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        "tie_word_embeddings": True, "bos_token_id": None, "eos_token_id": None,
+        "tie_word_embeddings": tie_word_embeddings, "bos_token_id": None, "eos_token_id": None,
         "use_sliding_window": False, "sliding_window": None, "max_window_layers": layers,
     }
 
@@ -87,8 +91,11 @@ def pretrain_llm(
     warmup: int = 20,
     seed: int = 0,
     progress: bool = True,
+    train_embeddings: bool = True,
 ) -> list[float]:
     """Next-token prediction on ``rows`` (N, L) for ``steps`` AdamW steps (cosine schedule).
+    With ``train_embeddings=False`` the input embeddings (and, when tied, the output ones) keep
+    their initial values.
 
     Returns the loss per step.
     """
@@ -97,7 +104,9 @@ def pretrain_llm(
     from minivl.train.trainer import cosine_with_warmup
 
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    embeddings = model.get_input_embeddings().weight
+    params = [p for p in model.parameters() if train_embeddings or p is not embeddings]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, warmup, steps, 0.1))
     model.train()
     losses = []
@@ -105,10 +114,10 @@ def pretrain_llm(
         batch = rows[torch.randint(len(rows), (batch_size,), generator=g)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         losses.append(loss.item())
     model.eval()
     return losses
@@ -125,8 +134,15 @@ def warm_start_llm(
     seed: int = 0,
     cache: str | Path | None = None,
     progress: bool = True,
+    tie_word_embeddings: bool = True,
+    train_embeddings: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the ``size`` LLM for ``tokenizer`` and pretrain it on ``conversations``.
+
+    ``tie_word_embeddings`` (see :func:`llm_config`) and ``train_embeddings`` (see
+    :func:`pretrain_llm`) are for experiments on what the warm start does to the words: on
+    text where colours are interchangeable, it makes their embeddings nearly equal (see
+    :func:`word_similarity`).
 
     With ``cache`` (a directory), a model saved there by an identical call is loaded instead of
     trained. Returns ``(model, info)`` with the loss curve, parameter count and seconds.
@@ -138,7 +154,9 @@ def warm_start_llm(
     key = {"size": size, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr, "seed": seed,
            "vocab_size": len(tokenizer), "tokenizer": tokenizer_fingerprint(tokenizer),
            "num_conversations": len(conversations),
-           "config": llm_config(size, len(tokenizer))}  # a changed LLM_SIZES entry must not load a stale model
+           "config": llm_config(size, len(tokenizer), tie_word_embeddings)}  # a changed LLM_SIZES entry must not load a stale model
+    if not train_embeddings:  # only then: models cached before the option existed stay valid
+        key["train_embeddings"] = False
     if cache is not None:
         cache = Path(cache)
         info_path = cache / "warmstart.json"
@@ -146,12 +164,13 @@ def warm_start_llm(
             model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
             return model.eval(), json.loads(info_path.read_text())
     torch.manual_seed(seed)
-    cfg = dict(llm_config(size, len(tokenizer)))
+    cfg = dict(llm_config(size, len(tokenizer), tie_word_embeddings))
     model_type = cfg.pop("model_type")
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), attn_implementation="sdpa")
     rows = token_stream(tokenizer, render_conversations(conversations), seq_len)
     start = time.perf_counter()
-    losses = pretrain_llm(model, rows, steps, batch_size, lr, seed=seed, progress=progress)
+    losses = pretrain_llm(model, rows, steps, batch_size, lr, seed=seed, progress=progress,
+                          train_embeddings=train_embeddings)
     info = {"key": key, "losses": losses, "seconds": time.perf_counter() - start,
             "parameters": sum(p.numel() for p in model.parameters()), "tokens": int(rows.numel()),
             "final_loss": float(sum(losses[-10:]) / min(10, len(losses))) if losses else math.nan}
@@ -160,3 +179,29 @@ def warm_start_llm(
         model.save_pretrained(cache)
         (cache / "warmstart.json").write_text(json.dumps(info))
     return model, info
+
+
+def word_similarity(model: nn.Module, tokenizer: Any, words: Sequence[str]) -> float:
+    """Mean cosine similarity between the input embeddings of ``words``, over all pairs.
+
+    Each word must be one token of ``tokenizer`` (written as the tokenizer spells it, e.g.
+    ``"Ġred"`` for `` red`` after a space in a byte-level BPE). ``model`` is a causal LM or a
+    :class:`minivl.model.MiniVL` (its language model is read). Random embeddings give about 0;
+    words the model cannot tell apart give about 1. Chapter 15 uses it to show that a warm
+    start on text where colours (or shape kinds) are interchangeable pulls their embeddings
+    together."""
+    if len(words) < 2:
+        raise ValueError(f"word_similarity needs at least two words, got {list(words)}")
+    ids = []
+    for word in words:
+        token_id = tokenizer.convert_tokens_to_ids(word)
+        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != word:
+            raise ValueError(f"{word!r} is not a single token of this tokenizer; spell it as a token "
+                             f"(e.g. {tokenizer.convert_ids_to_tokens(tokenizer(' ' + word.lstrip('Ġ'), add_special_tokens=False)['input_ids'])})")
+        ids.append(token_id)
+    llm = getattr(model, "language_model", model)
+    with torch.no_grad():
+        vectors = nn.functional.normalize(llm.get_input_embeddings().weight[torch.tensor(ids)].float(), dim=-1)
+        cosines = vectors @ vectors.mT  # (n, n), ones on the diagonal
+    n = len(ids)
+    return float((cosines.sum() - cosines.diagonal().sum()) / (n * n - n))
