@@ -543,6 +543,58 @@ print("\ngiven:", repr(ex["given"]), "\nwrote:", repr(ex["after_arithmetic"]), "
 # gains come from LLMs that had it long before they saw an image; the `reasoning` column is where minivl's tiny LLM, not its ViT, sets the
 # limit.
 
+# %% [markdown]
+# ### Can the LLM tell the words apart?
+#
+# Both lookups that fail, the shape a colour question names and the option that holds a
+# result, start from a word of the question. Our stand-in LLM learnt its words from the
+# suite's text alone, and there nothing depends on *which* colour or kind a word is: any
+# colour can follow `a`, any kind can follow a colour, and without the image an answer's
+# colour cannot be predicted. A word's embedding is shaped by what it helps to predict and,
+# since the input and output embeddings are one matrix here (as in Qwen2.5-0.5B), by how
+# likely it is to come next; words that are interchangeable in every context get pulled
+# together. `word_similarity` measures it: the mean cosine between the embeddings of a group
+# of words (about 0 for random vectors, 1 for words the model cannot tell apart).
+
+# %%
+from minivl.train.warmstart import word_similarity
+
+groups = {"colours ( red, green, ...)": ["Ġred", "Ġgreen", "Ġblue", "Ġyellow"],
+          "colours as answers (red, ...)": ["red", "green", "blue", "yellow"],
+          "kinds ( circle, square, ...)": ["Ġcircle", "Ġsquare", "Ġtriangle", "Ġdiamond"],
+          "other words ( the, a, is, shape)": ["Ġthe", "Ġa", "Ġis", "Ġshape"]}
+vocab = tok.get_vocab()
+print(f"{'mean cosine between':<36}{'LLM warm start':>16}{'after stage 2':>15}")
+for name, words in groups.items():
+    if all(w in vocab for w in words):  # a smoke-scale vocabulary splits some of these words
+        print(f"{name:<36}{word_similarity(ws.llm, tok, words):>16.2f}{word_similarity(model, tok, words):>15.2f}")
+
+# %% [markdown]
+# At `cpu` scale the warm start leaves the four colours at a mean cosine of 0.96 and the four
+# kinds at 0.96, while ordinary words sit at 0.04: to this LLM, `red` and `blue` are nearly
+# one vector, and so are `circle` and `square`. Stage 2 pulls the colours apart (0.71),
+# because they are its answers and the image now predicts them, but leaves the kinds together
+# (0.98): in "What colour is the square?" the word that names the shape is almost the vector
+# of "circle".
+#
+# Is this what holds colour questions back? We undid it two ways and ran the stage-2 probe
+# (`scripts/stage2_probe.py --tasks shape_qa --seeds 0 1`, 1500 steps, about 2 minutes a
+# seed): `--untied-embeddings` gives the LLM its own output matrix (the layout of Qwen2.5-7B
+# and InternLM2.5), so that only the input side is shaped by the text; `--frozen-warm-embeddings`
+# keeps the input embeddings at their random start through the warm start (stage 2 then
+# trains them as usual).
+#
+# | LLM warm start | colours, kinds (cosine) | colour | count | position |
+# |---|---|---|---|---|
+# | as in the quickstart | 0.96, 0.96 | 64 / 67 % | 71 / 79 % | 41 / 36 % |
+# | untied embeddings | 0.75, 0.75 | 71 / 63 % | 76 / 77 % | 28 / 35 % |
+# | input embeddings kept at their start | 0.04, 0.02 | 64 / 60 % | 75 / 69 % | 34 / 32 % |
+# | both | 0.04, 0.02 | 60 / 66 % | 76 / 78 % | 23 / 28 % |
+#
+# Within the seed spread, nothing moves. Words the LLM can tell apart are needed for the
+# lookup, but they are not enough: the lookup itself, the step that the oracle runs above
+# learn only with near-perfect image tokens and thousands of steps, has still to form.
+
 # ## MMMU with InternVL2.5-1B (gpu scale)
 #
 # The same experiment on the real benchmark: MMMU validation (900 questions, 30 subjects),
@@ -602,6 +654,9 @@ else:
 # - Given the right counts, the tiny LLM still fails the lookup of the result among the
 #   options; text-only drills teach it the arithmetic but not the lookup. Its reasoning score
 #   is capped by the LLM, not only by what the ViT sees.
+# - The warm start on the suite's text makes the four colours, and the four kinds, nearly one
+#   vector each (`word_similarity` 0.96); keeping them apart, by untying the embeddings or
+#   freezing them during the warm start, does not by itself teach the lookup.
 #
 # ## Exercises
 #
@@ -618,7 +673,8 @@ else:
 #    `scripts/stage2_probe.py` (stage 2 alone, about 90 s a seed on 2 cores), try a change
 #    and compare the per-type scores it prints: 84 px tiles (`--image-size 84`: one image
 #    token per scene cell), a deeper LLM (`--llm-layers 4`), more steps, a louder projector
-#    (`--projector-init-scale`), or, with `--oracle-vision`, any change to the LLM's side
+#    (`--projector-init-scale`), an LLM whose words stay apart (`--untied-embeddings`,
+#    `--frozen-warm-embeddings`), or, with `--oracle-vision`, any change to the LLM's side
 #    alone; `--oracle-kind-noise` tells how good the eyes must be. Compare means over at least
 #    three seeds: single runs of colour questions differ by up to 15 points.
 # 5. **Hard.** Teach the lookup. Write drills that practise only the last step (the question,
