@@ -55,7 +55,7 @@ def test_warm_start_learns_and_caches(tmp_path, monkeypatch):
 
 def test_word_similarity_reads_the_input_embeddings():
     """Two identical rows score 1, opposite rows -1, orthogonal rows 0; the mean is over pairs;
-    a word that is not one token is refused with the tokens it would be."""
+    a word that is not one token, or fewer than two words, is refused."""
     import pytest
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -76,7 +76,7 @@ def test_word_similarity_reads_the_input_embeddings():
     with torch.no_grad():
         weight[blue] = -weight[red]
     assert word_similarity(model, tok, ["Ġred", "Ġblue"]) == pytest.approx(-1.0)
-    with pytest.raises(ValueError, match="not a single token"):
+    with pytest.raises(ValueError, match="not single tokens"):
         word_similarity(model, tok, ["Ġred", "Ġpurple"])
     with pytest.raises(ValueError, match="at least two"):
         word_similarity(model, tok, ["Ġred"])

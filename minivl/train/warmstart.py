@@ -192,13 +192,12 @@ def word_similarity(model: nn.Module, tokenizer: Any, words: Sequence[str]) -> f
     together."""
     if len(words) < 2:
         raise ValueError(f"word_similarity needs at least two words, got {list(words)}")
-    ids = []
-    for word in words:
-        token_id = tokenizer.convert_tokens_to_ids(word)
-        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != word:
-            raise ValueError(f"{word!r} is not a single token of this tokenizer; spell it as a token "
-                             f"(e.g. {tokenizer.convert_ids_to_tokens(tokenizer(' ' + word.lstrip('Ġ'), add_special_tokens=False)['input_ids'])})")
-        ids.append(token_id)
+    vocab = tokenizer.get_vocab()
+    missing = [word for word in words if word not in vocab]
+    if missing:
+        raise ValueError(f"{missing} are not single tokens of this tokenizer; spell each word as one of its "
+                         f"tokens (a byte-level BPE writes ' red' as 'Ġred')")
+    ids = [vocab[word] for word in words]
     llm = getattr(model, "language_model", model)
     with torch.no_grad():
         vectors = nn.functional.normalize(llm.get_input_embeddings().weight[torch.tensor(ids)].float(), dim=-1)
