@@ -96,8 +96,8 @@ def reading_metrics(vit: nn.Module, head: ReadHead, pixels: torch.Tensor, labels
     m = present.sum(-1, keepdim=True)
     rank = logits.argsort(-1, descending=True).argsort(-1)  # 0 = highest logit
     in_top = (present & (rank < m)).sum().item()
-    # a random ranking puts a character of a token with m of them in its top m with chance m / 34
-    # (len(ALPHABET))
+    # a random ranking puts a character of a token with m of them in its top m with chance
+    # m / len(ALPHABET)
     chance = (m * m).sum().item() / max(1, m.sum().item()) / len(ALPHABET)
     return {"recall": hits / max(1, present.sum().item()), "precision": hits / max(1, found.sum().item()),
             "top_m": in_top / max(1, present.sum().item()), "top_m_chance": chance,

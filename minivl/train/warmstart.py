@@ -105,7 +105,9 @@ def pretrain_llm(
 
     g = torch.Generator().manual_seed(seed)
     embeddings = model.get_input_embeddings().weight
-    params = [p for p in model.parameters() if train_embeddings or p is not embeddings]
+    was_trainable = embeddings.requires_grad
+    embeddings.requires_grad_(train_embeddings and was_trainable)  # frozen: no gradient computed for it at all
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, warmup, steps, 0.1))
     model.train()
@@ -117,8 +119,9 @@ def pretrain_llm(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        model.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+    embeddings.requires_grad_(was_trainable)
     model.eval()
     return losses
 
