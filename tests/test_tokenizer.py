@@ -160,3 +160,23 @@ def test_default_corpus_covers_the_formats():
     assert corpus.count(system) == 20
     tok = train_tokenizer(vocab_size=800)
     assert len(tok(system)["input_ids"]) < 20 < len(system.encode("utf-8"))
+
+
+def test_token_id_without_an_unknown_token_and_for_the_unknown_token_itself():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # byte-level BPE, as Qwen2.5's: no unk token, so a missing token converts to None
+    raw = Tokenizer(models.BPE({"h": 0, "i": 1, "hi": 2}, [("h", "i")]))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe = PreTrainedTokenizerFast(tokenizer_object=raw)
+    assert bpe.unk_token is None
+    with pytest.raises(KeyError, match="no '<IMG_CONTEXT>' token"):
+        token_id(bpe, "<IMG_CONTEXT>")
+    assert token_id(bpe, "hi") == 2
+    # a WordLevel vocabulary maps unknown words to [UNK]; [UNK] itself is a real token
+    plain = _plain_tokenizer()
+    plain.add_tokens(["[UNK]"], special_tokens=True)
+    assert token_id(plain, "[UNK]") == 0
+    with pytest.raises(KeyError, match="no '<quad>' token"):
+        token_id(plain, "<quad>")
