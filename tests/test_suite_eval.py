@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from minivl.data.records import Record, parse_record
@@ -123,3 +125,37 @@ def test_colour_binding_group_says_whether_another_shape_shares_the_answer():
     # not a colour question, or no shapes: left out
     assert colour_binding_group(_colour_question("circle", shared, qtype="count")) is None
     assert colour_binding_group(Record(conversations=[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}])) is None
+
+
+def _count_question(question: str, answer: int):
+    meta = {"question_type": "count", "answer": str(answer), "shapes": [{"kind": "circle", "colour": "red"}]}
+    return Record(conversations=[{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": str(answer)}],
+                  kind="image", images=["x.png"], extra={"meta": meta})
+
+
+def test_count_question_group_names_what_is_counted():
+    from minivl.eval.suite import count_question_group
+
+    assert count_question_group(_count_question("How many shapes are there?", 4)) == ("all", 4)
+    assert count_question_group(_count_question("How many red shapes are there?", 0)) == ("colour", 0)
+    assert count_question_group(_count_question("How many squares are there?", 2)) == ("kind", 2)
+    # a word that is no colour of the suite before "shapes", or no count question: left out
+    assert count_question_group(_count_question("How many odd shapes are there?", 1)) is None
+    assert count_question_group(_colour_question("circle", [("circle", "red")])) is None
+
+
+def test_commonest_colour_rule_splits_ties(tmp_path):
+    from minivl.eval.suite import commonest_colour_rule
+
+    lines = []
+    for kind, shapes in (("circle", [("circle", "red"), ("square", "red"), ("triangle", "blue")]),  # red: right
+                         ("triangle", [("circle", "red"), ("square", "red"), ("triangle", "blue")]),  # red: wrong
+                         ("square", [("circle", "green"), ("square", "blue")])):  # tie: half right
+        record = _colour_question(kind, shapes)
+        record.extra["meta"]["answer"] = dict(shapes)[kind]
+        lines.append(json.dumps({"image": "x.png", "conversations": record.conversations, "meta": record.extra["meta"]}))
+    lines.append(json.dumps({"image": "x.png", "conversations": record.conversations,
+                             "meta": {"question_type": "count", "answer": "2", "shapes": []}}))  # not a colour question
+    (tmp_path / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"shape_qa": {"root": ".", "annotation": "qa.jsonl", "length": 4}}))
+    assert commonest_colour_rule(tmp_path / "meta.json") == (pytest.approx(0.5), 3)

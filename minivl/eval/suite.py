@@ -79,6 +79,60 @@ def colour_binding_group(record: Record) -> tuple[int, str] | None:
     return len(meta["shapes"]), "shared" if named[0]["colour"] in others else "unique"
 
 
+def count_question_group(record: Record) -> tuple[str, int] | None:
+    """``(what is counted, the right count)`` of a ``shape_qa`` count question, else None;
+    what is counted is ``"all"`` (How many shapes are there?), ``"colour"`` (How many red
+    shapes are there?) or ``"kind"`` (How many squares are there?).
+
+    A ``group_by`` for :func:`evaluate_suite`. Counting every shape needs no word of the
+    question; counting the shapes of a named colour or kind needs the model to pick, among
+    the image tokens, those the question names. A model that cannot do that still gets the
+    named colour or kind's *absence* right often (0 is the commonest answer there) and
+    fails as soon as two shapes match. Chapter 15."""
+    meta = record.extra.get("meta", {})
+    if meta.get("question_type") != "count" or "shapes" not in meta:
+        return None
+    words = _question(record, 0).replace("<image>", " ").lower().rstrip("?").split()
+    if words[:2] != ["how", "many"]:
+        return None
+    from minivl.data.synthetic.common import COLOURS
+
+    counted = words[2:words.index("are")] if "are" in words else []
+    if counted == ["shapes"]:
+        what = "all"
+    elif len(counted) == 2 and counted[1] == "shapes" and counted[0] in COLOURS:
+        what = "colour"
+    elif len(counted) == 1:
+        what = "kind"
+    else:
+        return None
+    return what, int(meta["answer"])
+
+
+def commonest_colour_rule(meta: str | Path, split_task: str = "shape_qa") -> tuple[float, int]:
+    """``(accuracy, questions)`` of a rule that answers every colour question of ``meta``'s
+    ``split_task`` with the colour most shapes in the image have (a tie split evenly among
+    the tied colours): what a model scores that sees the image's colours but not which shape
+    the question names. Questions are read from each record's scene (``meta``); records
+    without one are left out. Chapter 15."""
+    from collections import Counter
+
+    records = read_meta(meta)[split_task].read_records(strict=False)[0]
+    total, right = 0, 0.0
+    for record in records:
+        scene = record.extra.get("meta", {})
+        if scene.get("question_type") != "colour" or not scene.get("shapes"):
+            continue
+        colours = Counter(s["colour"] for s in scene["shapes"])
+        top = max(colours.values())
+        tied = [c for c, n in colours.items() if n == top]
+        right += (scene["answer"] in tied) / len(tied)
+        total += 1
+    if total == 0:
+        raise ValueError(f"commonest_colour_rule: no colour question with a scene in {split_task!r} of {meta}")
+    return right / total, total
+
+
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
     """(score in [0, 1], parseable) of one response to one record of ``task``."""
     gold = record.conversations[-1]["value"]
