@@ -166,7 +166,7 @@ def test_token_id_without_an_unknown_token_and_for_the_unknown_token_itself():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    # byte-level BPE, as Qwen2.5's: no unk token, so a missing token converts to None
+    # a BPE model without an unk token (as Qwen2.5's): a missing token converts to None
     raw = Tokenizer(models.BPE({"h": 0, "i": 1, "hi": 2}, [("h", "i")]))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     bpe = PreTrainedTokenizerFast(tokenizer_object=raw)

@@ -86,9 +86,8 @@ def count_question_group(record: Record) -> tuple[str, int] | None:
 
     A ``group_by`` for :func:`evaluate_suite`. Counting every shape needs no word of the
     question; counting the shapes of a named colour or kind needs the model to pick, among
-    the image tokens, those the question names. A model that cannot do that still gets the
-    named colour or kind's *absence* right often (0 is the commonest answer there) and
-    fails as soon as two shapes match. Chapter 15."""
+    the image tokens, those the question names. A model that cannot do that can still be
+    right when the answer is 0 or 1, and fails when two or more shapes match. Chapter 15."""
     meta = record.extra.get("meta", {})
     if meta.get("question_type") != "count" or "shapes" not in meta:
         return None
@@ -109,15 +108,15 @@ def count_question_group(record: Record) -> tuple[str, int] | None:
     return what, int(meta["answer"])
 
 
-def commonest_colour_rule(meta: str | Path, split_task: str = "shape_qa") -> tuple[float, int]:
+def commonest_colour_rule(meta: str | Path, task: str = "shape_qa") -> tuple[float, int]:
     """``(accuracy, questions)`` of a rule that answers every colour question of ``meta``'s
-    ``split_task`` with the colour most shapes in the image have (a tie split evenly among
+    ``task`` with the colour most shapes in the image have (a tie split evenly among
     the tied colours): what a model scores that sees the image's colours but not which shape
     the question names. Questions are read from each record's scene (``meta``); records
     without one are left out. Chapter 15."""
     from collections import Counter
 
-    records = read_meta(meta)[split_task].read_records(strict=False)[0]
+    records = read_meta(meta)[task].read_records(strict=False)[0]
     total, right = 0, 0.0
     for record in records:
         scene = record.extra.get("meta", {})
@@ -129,7 +128,7 @@ def commonest_colour_rule(meta: str | Path, split_task: str = "shape_qa") -> tup
         right += (scene["answer"] in tied) / len(tied)
         total += 1
     if total == 0:
-        raise ValueError(f"commonest_colour_rule: no colour question with a scene in {split_task!r} of {meta}")
+        raise ValueError(f"commonest_colour_rule: no colour question with a scene in {task!r} of {meta}")
     return right / total, total
 
 

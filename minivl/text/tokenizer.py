@@ -270,7 +270,8 @@ def token_id(tokenizer: Any, token: str) -> int:
     """
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     # one lookup, not get_vocab(): that builds the whole vocabulary as a dict on every call
-    # (113 ms for Qwen2.5's 151k tokens), and the data path asks for two ids per sample
+    # (about 0.1 s at Qwen2.5's vocabulary size, benchmarks/token_lookup.py), and the data
+    # path asks for two ids per sample
     tid = tokenizer.convert_tokens_to_ids(token)
     unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
     if tid is None or (unk_id is not None and tid == unk_id and token != unk):
