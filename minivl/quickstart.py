@@ -370,13 +370,15 @@ def run_quickstart(out: str | Path = "runs/quickstart", scale: str | None = None
 
 
 def evaluate_suite(model, tokenizer, meta, tasks=None, per_task=None, max_num=None, progress=False,
-                   details=False) -> dict[str, Any]:
+                   details=False, **kwargs: Any) -> dict[str, Any]:
     """Score ``model`` on the synthetic test split, one number per task and their mean (``all``);
-    with ``details``, each task's :class:`minivl.eval.suite.TaskScore` under ``"tasks"``."""
+    with ``details``, each task's :class:`minivl.eval.suite.TaskScore` under ``"tasks"``. Other
+    keyword arguments (``group_by``, ``batch_size``, ``max_new_tokens``) go to
+    :func:`minivl.eval.suite.evaluate_suite`, which this calls with the quickstart's tasks."""
     from minivl.eval.suite import evaluate_suite as _evaluate
 
     return _evaluate(model, tokenizer, meta, tasks=tasks or EVAL_TASKS, per_task=per_task, max_num=max_num,
-                     progress=progress, details=details)
+                     progress=progress, details=details, **kwargs)
 
 
 def format_by_type(scores: dict[str, float]) -> str:

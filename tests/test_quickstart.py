@@ -155,3 +155,13 @@ def test_recipe_image_size_sets_the_tile_of_the_vit_and_its_warm_start(tmp_path)
     assert model.num_image_token == 9
     with torch.no_grad():
         assert model.extract_feature(torch.zeros(2, 3, 84, 84)).shape == (2, 9, model.config.llm["hidden_size"])
+
+
+def test_evaluate_suite_passes_group_by_through(tmp_path):
+    from minivl.quickstart import build_model, evaluate_suite, prepare
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    scores = evaluate_suite(build_model(ws), ws.tokenizer, ws.test_meta, tasks=["shape_qa"], per_task=3,
+                            details=True, group_by=lambda record: "every record")
+    assert list(scores["tasks"]["shape_qa"].by_group) == ["every record"]
+    assert scores["tasks"]["shape_qa"].by_group["every record"][1] == scores["tasks"]["shape_qa"].n > 0
