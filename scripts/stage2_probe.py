@@ -9,7 +9,10 @@ than LLM-S's get their own warm start (``llm_S<depth>`` under ``--out``), 128 wi
 
     MINIVL_SCALE=cpu python scripts/stage2_probe.py --seeds 0 1 2 --llm-layers 2 4
 
-Single runs differ by several points from seed to seed at this size; compare means.
+Single runs differ by several points from seed to seed at this size; compare means. Under
+each row it splits the count questions by what they count (every shape, a named colour, a
+named kind; :func:`minivl.eval.suite.count_question_group`): counting a named colour or kind
+needs the question's word to pick image tokens, as colour questions do.
 
 ``--oracle-vision`` asks whether the eyes or the brain limit the model: every caption and
 shape_qa image of the workspace is repainted as its 3 x 3 scene cells filled with flat grey
@@ -50,7 +53,7 @@ from PIL import Image
 from torch import nn
 
 from minivl.data.synthetic.common import CELL_NAMES, COLOURS, SHAPES
-from minivl.eval.suite import evaluate_suite
+from minivl.eval.suite import count_question_group, evaluate_suite
 from minivl.quickstart import RECIPES, build_model, prepare, train_stage
 from minivl.scale import get_scale
 from minivl.train.warmstart import LLM_SIZES, suite_conversations, warm_start_llm
@@ -136,6 +139,22 @@ class OracleVision(nn.Module):
         if self.kind_noise:
             classes = self.misread_kinds(pixel_values, classes)
         return self.classes(classes) + self.cells  # (N, 9, H)
+
+
+COUNTED = {"all": "every shape", "colour": "a named colour", "kind": "a named kind"}
+
+
+def counting_by_what(by_group: dict) -> dict[str, float]:
+    """Accuracy on count questions by what they count (``"all"``, ``"colour"``, ``"kind"``),
+    from a ``by_group`` keyed by :func:`minivl.eval.suite.count_question_group`: counting a
+    named colour or kind needs the lookup that colour questions need, counting every shape
+    does not."""
+    totals: dict[str, list[float]] = {}
+    for (what, _), (score, n) in by_group.items():
+        right_n = totals.setdefault(what, [0.0, 0])
+        right_n[0] += score * n
+        right_n[1] += n
+    return {what: totals[what][0] / totals[what][1] for what in COUNTED if what in totals and totals[what][1]}
 
 
 def attach_oracle_vision(model, through_projector: bool = False, kind_noise: float = 0.0) -> None:
@@ -254,13 +273,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             train_stage(run_ws, model, "stage2", args.steps, args.lr, progress=False, names=args.tasks)
             seconds = time.perf_counter() - start
             scores = evaluate_suite(model, ws.tokenizer, ws.test_meta, tasks=["shape_qa"], per_task=args.per_task,
-                                    details=True)
+                                    details=True, group_by=count_question_group)
             by_type = {q: v for q, (v, _) in scores["tasks"]["shape_qa"].by_type.items()}
             row = {"llm": f"{size} ({layers} layers)", "seed": seed, "seconds": seconds,
-                   "shape_qa": scores["shape_qa"], "by_type": by_type}
+                   "shape_qa": scores["shape_qa"], "by_type": by_type,
+                   "counting": counting_by_what(scores["tasks"]["shape_qa"].by_group)}
             rows.append(row)
             print(f"{row['llm']:<36}{seed:>5}{seconds:>9.0f}{row['shape_qa']:>10.1%}   "
                   + ", ".join(f"{q} {v:.0%}" for q, v in by_type.items()), flush=True)
+            if row["counting"]:
+                print(f"{'':<60}count questions: " + ", ".join(
+                    f"{COUNTED[what]} {v:.0%}" for what, v in row["counting"].items()), flush=True)
     return rows
 
 

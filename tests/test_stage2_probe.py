@@ -118,3 +118,10 @@ def test_probe_runs_with_an_untied_frozen_embedding_llm(tmp_path, monkeypatch):
     assert variant["key"]["config"]["tie_word_embeddings"] is False
     llm = AutoModelForCausalLM.from_pretrained(tmp_path / "llm_S_untied_frozen_embeddings")
     assert not torch.equal(llm.lm_head.weight, llm.get_input_embeddings().weight)
+
+
+def test_counting_by_what_weights_each_answer_by_its_questions():
+    probe = _probe()
+    by_group = {("all", 1): (1.0, 3), ("all", 4): (0.0, 1), ("kind", 2): (0.5, 4), ("colour", 0): (0.0, 2)}
+    assert probe.counting_by_what(by_group) == {"all": 0.75, "colour": 0.0, "kind": 0.5}
+    assert probe.counting_by_what({}) == {}
