@@ -163,8 +163,8 @@ for text in ["There are 3 red circles at the top-left of the image.",
 # constant: a real Qwen2.5-based checkpoint has `<IMG_CONTEXT>` at id 151667, ours at 5.
 # Reading it happens twice per training sample, so `token_id` asks the tokenizer for that one
 # entry (and checks the text encodes to it alone) rather than building the vocabulary as a
-# dict: with Qwen2.5's 151,643 entries the dict costs about 0.1 s per call on a laptop core,
-# about 580 times the lookup (`python benchmarks/token_lookup.py`).
+# dict: with Qwen2.5's 151,643 entries the dict costs about 0.1 s per call on one core of a
+# 2-core machine, about 580 times the lookup (`python benchmarks/token_lookup.py`).
 
 # %%
 import tempfile

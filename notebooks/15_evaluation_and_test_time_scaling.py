@@ -212,16 +212,13 @@ for name in ("shape_qa", "reasoning"):
 # belongs to which shape, one-shape images are easy and accuracy falls as shapes are added.
 
 # %%
-from minivl.eval.suite import scene_question_group
+from minivl.eval.suite import format_grouped, scene_question_group
 
 grouped = evaluate_suite(model, tok, TEST_META, tasks=["shape_qa"], per_task=per_task, details=True,
                          group_by=scene_question_group)["tasks"]["shape_qa"].by_group
 qtypes = sorted({q for q, _ in grouped})
 counts = sorted({n for _, n in grouped})
-print(f"{'shapes in the image':<20}" + "".join(f"{n:>10}" for n in counts))
-for q in qtypes:
-    cells = [grouped.get((q, n)) for n in counts]
-    print(f"{q:<20}" + "".join(f"{'-':>10}" if c is None else f"{c[0]:>6.0%} ({c[1]:>2})" for c in cells))
+print(format_grouped(grouped, [(q, q) for q in qtypes], counts, "shapes in the image"))
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for q in qtypes:
     ns = [n for n in counts if (q, n) in grouped]
@@ -253,10 +250,8 @@ from minivl.eval.suite import colour_binding_group
 
 binding = evaluate_suite(model, tok, TEST_META, tasks=["shape_qa"], per_task=per_task, details=True,
                          group_by=colour_binding_group)["tasks"]["shape_qa"].by_group
-print(f"{'colour questions / shapes':<34}" + "".join(f"{n:>10}" for n in counts))
-for group, label in (("shared", "another shape has the colour"), ("unique", "no other shape has it")):
-    cells = [binding.get((n, group)) for n in counts]
-    print(f"{label:<34}" + "".join(f"{'-':>10}" if c is None else f"{c[0]:>6.0%} ({c[1]:>2})" for c in cells))
+print(format_grouped(binding, [("shared", "another shape has the colour"), ("unique", "no other shape has it")],
+                     counts, "colour questions / shapes", key=lambda group, n: (n, group)))
 
 # %% [markdown]
 # At `cpu` scale the second row falls from 100 % with one shape to 63 % with two, 44 % with
@@ -283,10 +278,8 @@ print(f"colour questions ({n_colour}): the commonest colour in the image {rule:.
 counted = evaluate_suite(model, tok, TEST_META, tasks=["shape_qa"], per_task=per_task, details=True,
                          group_by=count_question_group)["tasks"]["shape_qa"].by_group
 answers = sorted({n for _, n in counted})
-print(f"{'count questions / right answer':<32}" + "".join(f"{n:>10}" for n in answers))
-for what, label in (("all", "every shape"), ("colour", "shapes of a named colour"), ("kind", "shapes of a named kind")):
-    cells = [counted.get((what, n)) for n in answers]
-    print(f"{label:<32}" + "".join(f"{'-':>10}" if c is None else f"{c[0]:>6.0%} ({c[1]:>2})" for c in cells))
+print(format_grouped(counted, [("all", "every shape"), ("colour", "shapes of a named colour"),
+                              ("kind", "shapes of a named kind")], answers, "count questions / right answer"))
 
 # %% [markdown]
 # At `cpu` scale the model counts every shape in the image well (100 % of one-shape images,

@@ -159,3 +159,16 @@ def test_commonest_colour_rule_splits_ties(tmp_path):
     (tmp_path / "qa.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "meta.json").write_text(json.dumps({"shape_qa": {"root": ".", "annotation": "qa.jsonl", "length": 4}}))
     assert commonest_colour_rule(tmp_path / "meta.json") == (pytest.approx(0.5), 3)
+
+
+def test_format_grouped_lays_out_rows_columns_and_empty_cells():
+    from minivl.eval.suite import format_grouped
+
+    by_group = {("a", 1): (0.5, 4), ("b", 2): (1.0, 12), (2, "a"): (0.25, 8)}
+    lines = format_grouped(by_group, [("a", "row a"), ("b", "row b")], [1, 2], "what / n").splitlines()
+    assert lines == ["what / n  " + " " * 10 + "1" + " " * 10 + "2",
+                     "row a     " + "   50% ( 4)" + " " * 10 + "-",
+                     "row b     " + " " * 10 + "-" + "  100% (12)"]
+    assert len({len(line) for line in lines}) == 1  # header and cells line up
+    swapped = format_grouped(by_group, [("a", "row a")], [2], "t", key=lambda row, n: (n, row)).splitlines()
+    assert swapped[1].split() == ["row", "a", "25%", "(", "8)"]

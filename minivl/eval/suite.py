@@ -132,6 +132,21 @@ def commonest_colour_rule(meta: str | Path, task: str = "shape_qa") -> tuple[flo
     return right / total, total
 
 
+def format_grouped(by_group: dict[Hashable, tuple[float, int]], rows: Sequence[tuple[Any, str]],
+                   columns: Sequence[Any], title: str,
+                   key: Callable[[Any, Any], Hashable] = lambda row, column: (row, column)) -> str:
+    """A ``TaskScore.by_group`` as a table: one line per ``(row, label)`` of ``rows``, one
+    column per entry of ``columns``, each cell ``score (records)`` of ``by_group[key(row,
+    column)]`` or ``-`` where no record fell. ``title`` heads the label column. Chapter 15."""
+    width = max([len(title)] + [len(label) for _, label in rows]) + 2
+    lines = [f"{title:<{width}}" + "".join(f"{c:>11}" for c in columns)]  # as wide as a cell, "   50% (12)"
+    for row, label in rows:
+        cells = [by_group.get(key(row, column)) for column in columns]
+        lines.append(f"{label:<{width}}" + "".join(f"{'-':>11}" if c is None else f"{c[0]:>6.0%} ({c[1]:>2})"
+                                                     for c in cells))
+    return "\n".join(lines)
+
+
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
     """(score in [0, 1], parseable) of one response to one record of ``task``."""
     gold = record.conversations[-1]["value"]
