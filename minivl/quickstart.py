@@ -65,6 +65,7 @@ class Recipe:
     # 59.8 / 61.0 / 63.7 % against 51.5-54.8 % with the old warm start
     vit_warm_lr: float = 1e-2
     vit_token_weight: float = 1.0
+    vit_prototype_weight: float = 0.0
     # (stage, optimizer steps, peak lr): about 7 minutes of training on 2 idle cores; the whole run about 9.
     # Stage 2 at 1e-3 rather than 2e-3: at 2e-3 the result swung with the schedule's length
     # (on the suite before its question types were balanced: 5500 steps 50.7 % on shape_qa,
@@ -204,7 +205,8 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     vcfg = vision_config(recipe)
     _section(f"3b. ViT warm start ({vcfg.hidden_size} wide x {vcfg.num_hidden_layers} layers)")
     vit, vit_info = warm_start_vit(vcfg, steps=recipe.vit_warm_steps, num_scenes=recipe.vit_warm_scenes,
-                                   lr=recipe.vit_warm_lr, token_weight=recipe.vit_token_weight, seed=recipe.seed,
+                                   lr=recipe.vit_warm_lr, token_weight=recipe.vit_token_weight,
+                                   prototype_weight=recipe.vit_prototype_weight, seed=recipe.seed,
                                    cache=out / f"vit_{vcfg.hidden_size}x{vcfg.num_hidden_layers}", progress=progress)
     held, chance = vit_info["held_out"], vit_info["chance"]
     print(f"{vit_info['parameters']:,} parameters; held-out scenes, what each cell holds: "

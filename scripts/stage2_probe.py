@@ -27,10 +27,15 @@ Add ``--through-projector`` to feed the oracle's vectors through the MLP project
 ViT features are, and see whether the projector path keeps what the tokens say;
 ``--projector-init-scale`` changes how loud the fresh projector starts, and
 ``--oracle-kind-noise`` makes the oracle misread shape kinds, to ask how good the eyes must be.
+``--oracle-class-share`` makes its tokens as faint as a ViT's without a misreading (a random
+vector per token, fixed per tile, holding the rest of the spread), ``--oracle-frozen-codes``
+keeps its vectors at their random start, as fixed as a warm-started ViT's features, and
+``--oracle-factorised-codes`` starts each class's vector as its kind's plus its colour's.
 
-``--vit-warm-lr`` and ``--vit-token-weight`` change the ViT warm start (its peak lr, and the
-weight of its per-image-token objective, see ``minivl.vision.warmstart``); the workspace's ViT
-is retrained, so give such a run its own ``--out``.
+``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight`` and ``--vision-layers``
+change the ViT warm start (its peak lr, the weights of its per-image-token objectives, see
+``minivl.vision.warmstart``, and its depth); the workspace's ViT is retrained, so give such a
+run its own ``--out``.
 
 ``--untied-embeddings`` and ``--frozen-warm-embeddings`` change what the LLM warm start does
 to the words (see ``minivl.train.warmstart.word_similarity``): the LLM gets its own output
@@ -45,6 +50,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -99,12 +105,21 @@ class OracleVision(nn.Module):
     With ``kind_noise`` p, each occupied cell's *kind* is misread as one of the other kinds with
     probability p (its colour is kept), as a ViT that tells colours apart perfectly but kinds
     only most of the time would. The same tile, pixel for pixel, is misread the same way every
-    time (a hash of its pixels seeds the draw); an augmented copy is another draw."""
+    time (a hash of its pixels seeds the draw); an augmented copy is another draw.
 
-    def __init__(self, hidden_size: int, kind_noise: float = 0.0) -> None:
+    With ``class_share`` below 1, each token is the class's vector plus a random one drawn the
+    same way, scaled so that the class's vectors hold about ``class_share`` of the tokens'
+    spread, as :func:`minivl.vision.warmstart.class_variance` measures it on a ViT's tokens: the
+    oracle's tokens are then as faint as a ViT's while never misreading. The scale follows the
+    class vectors' size without a gradient, so training cannot make the classes louder."""
+
+    def __init__(self, hidden_size: int, kind_noise: float = 0.0, class_share: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= kind_noise <= 1.0:
             raise ValueError(f"kind_noise is a probability, got {kind_noise}")
+        if not 0.0 < class_share <= 1.0:
+            raise ValueError(f"class_share is a share of the spread in (0, 1], got {class_share}")
+        self.class_share = class_share
         self.classes = nn.Embedding(NUM_CLASSES, hidden_size)
         self.cells = nn.Parameter(torch.randn(9, hidden_size) * 0.02)
         self.kind_noise = kind_noise
@@ -134,11 +149,25 @@ class OracleVision(nn.Module):
             out[i] = torch.where(flip, 1 + other * n_colours + colour, classes[i])
         return out
 
+    def tile_noise(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """A standard normal vector per token, ``(N, 9, H)``, the same every time for the same tile."""
+        out = []
+        for tile in pixel_values:
+            seed = int(hashlib.sha1(tile.detach().float().cpu().numpy().tobytes()).hexdigest()[8:16], 16)
+            out.append(torch.randn(9, self.classes.embedding_dim, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(out).to(pixel_values.device)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         classes = self.read_classes(pixel_values)
         if self.kind_noise:
             classes = self.misread_kinds(pixel_values, classes)
-        return self.classes(classes) + self.cells  # (N, 9, H)
+        tokens = self.classes(classes) + self.cells  # (N, 9, H)
+        if self.class_share < 1.0:
+            # the spread of the class vectors around their mean, per entry, without a gradient
+            spread = (self.classes.weight - self.classes.weight.mean(0)).detach().pow(2).mean().sqrt()
+            scale = spread * math.sqrt((1 - self.class_share) / self.class_share)
+            tokens = tokens + scale * self.tile_noise(pixel_values).to(tokens.dtype)
+        return tokens
 
 
 COUNTED = {"all": "every shape", "colour": "a named colour", "kind": "a named kind"}
@@ -157,16 +186,36 @@ def counting_by_what(by_group: dict) -> dict[str, float]:
     return {what: totals[what][0] / totals[what][1] for what in COUNTED if what in totals and totals[what][1]}
 
 
-def attach_oracle_vision(model, through_projector: bool = False, kind_noise: float = 0.0) -> None:
+def attach_oracle_vision(model, through_projector: bool = False, kind_noise: float = 0.0,
+                         class_share: float = 1.0, frozen_codes: bool = False,
+                         factorised_codes: bool = False) -> None:
     """Make ``model`` read its image tokens with an :class:`OracleVision` (registered under the
     projector, so stage 2 trains it at the projector's learning rate). With
     ``through_projector`` the oracle's vectors are as wide as the ViT's output after pixel
     unshuffle and go through the model's MLP projector, as real ViT features do: the probe
     then tells whether the projector path, rather than the ViT, loses what the tokens say.
-    ``kind_noise`` makes the oracle misread kinds (see :class:`OracleVision`)."""
+    ``kind_noise`` makes the oracle misread kinds, ``class_share`` < 1 its tokens faint (see
+    :class:`OracleVision`). With ``frozen_codes`` the oracle's class and cell vectors keep
+    their random start: stage 2 cannot shape them to suit the LLM, as it barely reshapes a
+    warm-started ViT's features. With ``factorised_codes`` a class's vector starts as the sum
+    of a random vector for its kind and one for its colour (each entry about N(0, 1), as
+    nn.Embedding starts), so that the shapes of one kind share a direction."""
     projector = model.mlp1
     width = projector[0].normalized_shape[0] if through_projector else model.config.llm["hidden_size"]
-    projector.add_module("oracle", OracleVision(width, kind_noise=kind_noise))
+    projector.add_module("oracle", OracleVision(width, kind_noise=kind_noise, class_share=class_share))
+    if factorised_codes:
+        table = projector.oracle.classes.weight
+        kinds, colours = torch.randn(len(SHAPES), table.shape[1]), torch.randn(len(COLOURS), table.shape[1])
+        with torch.no_grad():
+            for k in range(len(SHAPES)):
+                for c in range(len(COLOURS)):
+                    table[1 + k * len(COLOURS) + c] = (kinds[k] + colours[c]) / math.sqrt(2)
+    if frozen_codes:  # buffers, not parameters: a stage's freezing rules cannot thaw them
+        oracle = projector.oracle
+        classes, cells = oracle.classes.weight.detach(), oracle.cells.detach()
+        del oracle.classes.weight, oracle.cells
+        oracle.classes.register_buffer("weight", classes)
+        oracle.register_buffer("cells", cells)
     dtype = projector[1].weight.dtype
     # the projector's own layers (LayerNorm, Linear, GELU, Linear): all but the oracle, added last
     layers = nn.Sequential(*list(projector)[:-1])
@@ -205,11 +254,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=None,
                         help="tile side in px (default: the recipe's); another size retrains the workspace's ViT, "
                              "so give it its own --out")
+    parser.add_argument("--vision-layers", type=int, default=None,
+                        help="the ViT's depth (default: the recipe's); another depth warm-starts a ViT of its own")
     parser.add_argument("--vit-warm-lr", type=float, default=None,
                         help="the ViT warm start's peak lr (default: the recipe's); another value retrains the "
                              "workspace's ViT")
     parser.add_argument("--vit-token-weight", type=float, default=None,
                         help="weight of the ViT warm start's per-image-token objective (default: the recipe's)")
+    parser.add_argument("--vit-prototype-weight", type=float, default=None,
+                        help="weight of the ViT warm start's prototype objective, which asks each image token "
+                             "to point along its class's fixed code (default: the recipe's)")
     parser.add_argument("--projector-init-scale", type=float, default=None,
                         help="multiply the fresh projector's last Linear by this (default: the recipe's)")
     parser.add_argument("--oracle-vision", action="store_true",
@@ -218,6 +272,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="with --oracle-vision: feed the oracle's vectors through the MLP projector")
     parser.add_argument("--oracle-kind-noise", type=float, default=0.0,
                         help="with --oracle-vision: misread each occupied cell's kind with this probability")
+    parser.add_argument("--oracle-class-share", type=float, default=1.0,
+                        help="with --oracle-vision: add a random vector to each token so that its class holds "
+                             "this share of the tokens' spread (a ViT's share: minivl.vision.warmstart.class_variance)")
+    parser.add_argument("--oracle-frozen-codes", action="store_true",
+                        help="with --oracle-vision: keep the oracle's class and cell vectors at their random start")
+    parser.add_argument("--oracle-factorised-codes", action="store_true",
+                        help="with --oracle-vision: start each class's vector as its kind's plus its colour's")
     parser.add_argument("--untied-embeddings", action="store_true",
                         help="warm-start the LLM with its own output matrix instead of tied embeddings")
     parser.add_argument("--frozen-warm-embeddings", action="store_true",
@@ -234,6 +295,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--through-projector needs --oracle-vision")
     if args.oracle_kind_noise and not args.oracle_vision:
         parser.error("--oracle-kind-noise needs --oracle-vision")
+    if args.oracle_factorised_codes and not args.oracle_vision:
+        parser.error("--oracle-factorised-codes needs --oracle-vision")
+    if args.oracle_frozen_codes and not args.oracle_vision:
+        parser.error("--oracle-frozen-codes needs --oracle-vision")
+    if args.oracle_class_share != 1.0 and not args.oracle_vision:
+        parser.error("--oracle-class-share needs --oracle-vision")
     if args.oracle_vision:
         if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
             parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
@@ -248,6 +315,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         recipe = dataclasses.replace(recipe, vit_warm_lr=args.vit_warm_lr)
     if args.vit_token_weight is not None:
         recipe = dataclasses.replace(recipe, vit_token_weight=args.vit_token_weight)
+    if args.vision_layers is not None:
+        recipe = dataclasses.replace(recipe, vision_layers=args.vision_layers)
+    if args.vit_prototype_weight is not None:
+        recipe = dataclasses.replace(recipe, vit_prototype_weight=args.vit_prototype_weight)
     ws = prepare(args.out, scale, recipe, progress=False)
     if args.oracle_vision:
         print(f"oracle vision: {paint_oracle_scenes(Path(args.out) / 'data')} scene images repainted")
@@ -257,6 +328,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\nstage 2 only, {args.steps} steps at lr {args.lr:g} on {' + '.join(args.tasks)}; "
           f"{recipe.image_size} px tiles{', oracle vision' if args.oracle_vision else ''}"
           f"{f' misreading {args.oracle_kind_noise:.0%} of kinds' if args.oracle_kind_noise else ''}"
+          f"{f', classes {args.oracle_class_share:.0%} of the spread' if args.oracle_class_share < 1 else ''}"
+          f"{', frozen' if args.oracle_frozen_codes else ''}"
+          f"{' factorised' if args.oracle_factorised_codes else ''}"
+          f"{' codes' if args.oracle_frozen_codes or args.oracle_factorised_codes else ''}"
           f"{' through the projector' if args.through_projector else ''}; projector's last layer at "
           f"{recipe.projector_init_scale:g}x its default init; held-out shape_qa ({scale} scale)")
     print(f"{'LLM':<36}{'seed':>5}{'seconds':>9}{'shape_qa':>10}   by question type")
@@ -268,7 +343,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model = build_model(run_ws, language_model=copy.deepcopy(llm))
             if args.oracle_vision:
                 attach_oracle_vision(model, through_projector=args.through_projector,
-                                     kind_noise=args.oracle_kind_noise)
+                                     kind_noise=args.oracle_kind_noise, class_share=args.oracle_class_share,
+                                     frozen_codes=args.oracle_frozen_codes,
+                                     factorised_codes=args.oracle_factorised_codes)
             start = time.perf_counter()
             train_stage(run_ws, model, "stage2", args.steps, args.lr, progress=False, names=args.tasks)
             seconds = time.perf_counter() - start

@@ -103,6 +103,57 @@ def test_oracle_kind_noise_misreads_kinds_only_and_the_same_way_each_time():
         probe.OracleVision(hidden_size=4, kind_noise=1.5)
 
 
+
+def test_oracle_class_share_adds_the_same_noise_per_tile_at_the_asked_share():
+    from minivl.vision.warmstart import class_variance
+
+    probe = _probe()
+    torch.manual_seed(0)
+    faint = probe.OracleVision(hidden_size=256, class_share=0.25)
+    exact = probe.OracleVision(hidden_size=256)
+    exact.load_state_dict(faint.state_dict())
+    codes = torch.randint(1, 17, (300, 9), generator=torch.Generator().manual_seed(1))  # every cell occupied
+    faint.read_classes = exact.read_classes = lambda pixels: codes  # skip the painting: the codes are given
+    pixels = torch.randn(300, 3, 84, 84, generator=torch.Generator().manual_seed(2))
+    noisy, clean = faint(pixels), exact(pixels)
+    assert torch.equal(noisy, faint(pixels))  # the same tile, the same noise
+    assert not torch.allclose(noisy, clean)
+    share = class_variance(noisy.flatten(0, 1), codes.flatten())["class"]
+    assert abs(share - 0.25) < 0.05, share  # exact: class_variance 1.0
+    assert class_variance(clean.flatten(0, 1), codes.flatten())["class"] > 0.99
+    noisy.sum().backward()
+    grad = faint.classes.weight.grad
+    assert grad is not None  # the codes still learn; only the noise's scale carries no gradient
+    with pytest.raises(ValueError, match="share"):
+        probe.OracleVision(hidden_size=4, class_share=0.0)
+
+
+def test_oracle_frozen_codes_are_buffers_that_no_stage_can_thaw():
+    from minivl.config import MiniVLConfig, VisionConfig
+    from minivl.model import MiniVL
+    from minivl.train.stages import get_stage
+    from minivl.train.trainer import apply_stage_freezing
+
+    probe = _probe()
+    vision = VisionConfig.tiny(image_size=84, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)
+    llm = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 1}
+    model = MiniVL(MiniVLConfig(vision=vision, llm=llm, image_token_id=3))
+    probe.attach_oracle_vision(model, through_projector=True, frozen_codes=True, factorised_codes=True)
+    before = model.mlp1.oracle.classes.weight.clone()
+    red_circle, blue_circle = cell_label("circle", "red"), cell_label("circle", "blue")
+    red_square, blue_square = cell_label("square", "red"), cell_label("square", "blue")
+    # factorised: a kind's vector plus a colour's, so swapping the colour moves every kind alike
+    torch.testing.assert_close(before[red_circle] - before[blue_circle], before[red_square] - before[blue_square])
+    apply_stage_freezing(model, get_stage("stage2", "tiny"))
+    assert not any(name.startswith("mlp1.oracle") for name, _ in model.named_parameters())
+    assert torch.equal(model.mlp1.oracle.classes.weight, before)
+    tokens = model.extract_feature(torch.randn(2, 3, 84, 84))
+    assert tokens.shape == (2, 9, 24)
+    tokens.sum().backward()
+    assert model.mlp1[1].weight.grad is not None  # the projector still learns
+
 def test_probe_runs_with_an_untied_frozen_embedding_llm(tmp_path, monkeypatch):
     """At smoke scale, the LLM variant flags warm-start their own LLM (cached under --out, with
     untied embeddings whose input side kept its start) and the probe scores it."""

@@ -13,6 +13,9 @@ from minivl.vision.warmstart import (
     CellHead,
     TokenHead,
     cell_label,
+    class_prototypes,
+    class_variance,
+    prototype_loss,
     render_scenes,
     token_labels,
     token_probe,
@@ -133,3 +136,54 @@ def test_token_objective_trains_a_token_head_and_the_probe_scores_any_vit(tmp_pa
     train, held = render_scenes(128, SMALL.image_size, seed=1), render_scenes(64, SMALL.image_size, seed=2)
     probe = token_probe(vit, train[0], token_labels(train[2]), held[0], token_labels(held[2]), steps=100)
     assert probe["colour"] > 0.4
+
+
+def test_class_prototypes_share_kind_and_colour_codes_equally():
+    protos = class_prototypes(4096, seed=3)
+    assert protos.shape == (NUM_CLASSES, 4096)
+    torch.testing.assert_close(protos.norm(dim=-1), torch.ones(NUM_CLASSES))
+    torch.testing.assert_close(protos.mean(-1), torch.zeros(NUM_CLASSES), atol=1e-6, rtol=0)
+    assert torch.equal(protos, class_prototypes(4096, seed=3)) and not torch.equal(protos, class_prototypes(4096, seed=4))
+    cos = protos @ protos.T
+    red_circle, blue_circle = cell_label("circle", "red"), cell_label("circle", "blue")
+    red_square, blue_square = cell_label("square", "red"), cell_label("square", "blue")
+    # (k + c1) . (k + c2) / |k + c|^2 -> 1/2 for random codes of equal length, 0 with nothing shared
+    assert abs(cos[red_circle, blue_circle] - 0.5) < 0.05  # same kind
+    assert abs(cos[red_circle, red_square] - 0.5) < 0.05  # same colour
+    assert abs(cos[red_circle, blue_square]) < 0.05
+    assert abs(cos[0, red_circle]) < 0.05  # background shares nothing
+
+
+def test_prototype_loss_is_zero_on_the_prototypes_whatever_their_offset_and_scale():
+    protos = class_prototypes(64)
+    labels = torch.tensor([[0, 1, 5], [16, 3, 3]])
+    assert prototype_loss(3.0 * protos[labels] + 7.0, labels, protos).item() < 1e-6
+    assert abs(prototype_loss(-protos[labels], labels, protos).item() - 2.0) < 1e-5
+    shuffled = torch.tensor([[1, 5, 0], [3, 16, 1]])
+    assert prototype_loss(protos[shuffled], labels, protos).item() > 0.5
+
+
+def test_class_variance_splits_the_spread_between_kind_and_colour():
+    # every class twice (a balanced design), so group means of the other factor cancel
+    labels = torch.tensor([cell_label(k, c) for k in SHAPES for c in COLOURS] * 2)
+    kind, colour = (labels - 1) // len(COLOURS), (labels - 1) % len(COLOURS)
+    by_kind = torch.eye(8)[kind]  # a token that is its kind's one-hot
+    v = class_variance(by_kind, labels)
+    assert abs(v["kind"] - 1) < 1e-5 and abs(v["class"] - 1) < 1e-5 and v["colour"] < 1e-5
+    by_colour = torch.eye(8)[colour + 4]
+    v = class_variance(by_colour, labels)
+    assert abs(v["colour"] - 1) < 1e-5 and v["kind"] < 1e-5
+    noise = torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(0))
+    v = class_variance(by_kind + 100 * noise, labels)  # the class is drowned: a small share
+    assert v["kind"] < 0.5 and v["class"] <= 1
+
+
+def test_prototype_objective_is_part_of_the_cache_key_and_reports_the_variance_split(tmp_path):
+    _, info = warm_start_vit(SMALL, steps=20, num_scenes=128, batch_size=32, lr=1e-2, cache=tmp_path,
+                             progress=False, num_held_out=64, token_weight=1.0, prototype_weight=1.0)
+    assert info["key"]["prototype_weight"] == 1.0
+    assert set(info["held_out_variance"]) == {"kind", "colour", "class"}
+    assert all(0 <= v <= 1 for v in info["held_out_variance"].values())
+    _, plain = warm_start_vit(SMALL, steps=20, num_scenes=128, batch_size=32, lr=1e-2, cache=tmp_path,
+                              progress=False, num_held_out=64, token_weight=1.0)
+    assert "prototype_weight" not in plain["key"] and plain["losses"] != info["losses"]

@@ -121,6 +121,53 @@ def token_labels(patch_counts: torch.Tensor, downsample_ratio: float = 0.5, min_
     return torch.where(covered, shape_pixels.argmax(-1) + 1, torch.zeros_like(covered, dtype=torch.long))
 
 
+def class_prototypes(dim: int, seed: int = 0) -> torch.Tensor:
+    """Fixed target directions for :func:`prototype_loss`: ``(NUM_CLASSES, dim)`` unit rows.
+
+    A shape's row is the sum of a random code for its kind and one for its colour (codes of
+    equal expected length, so that neither is louder than the other); the background has a
+    code of its own. Each row is centred across its ``dim`` entries, as a LayerNorm centres the
+    features it compares with, and scaled to unit length."""
+    g = torch.Generator().manual_seed(seed)
+    kinds = torch.randn(len(SHAPES), dim, generator=g)
+    colours = torch.randn(len(COLOURS), dim, generator=g)
+    rows = [torch.randn(dim, generator=g) * math.sqrt(2)]
+    rows += [kinds[k] + colours[c] for k in range(len(SHAPES)) for c in range(len(COLOURS))]
+    protos = torch.stack(rows)  # row 1 + k * len(COLOURS) + c, as cell_label numbers classes
+    protos = protos - protos.mean(-1, keepdim=True)
+    return F.normalize(protos, dim=-1)
+
+
+def prototype_loss(merged: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` between each LLM-sized token ``merged`` ``(N, T, D)``, centred across ``D``,
+    and the fixed prototype of its class (``labels`` ``(N, T)``, ``prototypes`` from
+    :func:`class_prototypes`), averaged over tokens.
+
+    A linear head (:class:`TokenHead`) is satisfied once a class is *decodable* from a token,
+    however faint its direction is next to everything else the token carries. This objective
+    asks for more: that a token *is* its class's direction, kind and colour equally loud, as
+    the exact codes of chapter 15's oracle are."""
+    centred = merged - merged.mean(-1, keepdim=True)
+    return (1 - F.cosine_similarity(centred, prototypes[labels], dim=-1)).mean()
+
+
+def class_variance(features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How much of the spread of the shape tokens' ``features`` ``(M, D)`` (labels ``(M,)`` > 0,
+    :func:`cell_label` numbering) lies between kinds, between colours and between classes:
+    the between-group sum of squares over the total one, each token LayerNorm-ed first as the
+    projector does. 1.0 means tokens of a class are identical (the oracle's codes); a linear
+    probe can be near perfect at 0.1."""
+    x = F.layer_norm(features.detach().float(), features.shape[-1:])
+    x = x - x.mean(0)
+    total = x.pow(2).sum()
+    y = labels - 1
+
+    def between(groups: torch.Tensor) -> float:
+        return float(sum(x[groups == g].mean(0).pow(2).sum() * (groups == g).sum() for g in groups.unique()) / total)
+
+    return {"kind": between(y // len(COLOURS)), "colour": between(y % len(COLOURS)), "class": between(y)}
+
+
 class CellHead(nn.Module):
     """Patch tokens -> 3 x 3 cell logits: average-pool the token grid into the cells, then a
     linear classifier shared by the cells."""
@@ -214,24 +261,41 @@ def token_probe(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eval
     return token_metrics(vit, head, eval_pixels, eval_labels)
 
 
+@torch.no_grad()
+def token_class_variance(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """:func:`class_variance` of ``vit``'s LLM-sized tokens over the tokens a shape covers
+    (``labels`` from :func:`token_labels`), the ViT in eval mode."""
+    was_training = vit.training
+    vit.eval()
+    merger = TokenHead(vit.config.hidden_size)
+    merged = torch.cat([merger.merge(vit(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
+    vit.train(was_training)
+    shape = labels > 0
+    return class_variance(merged[shape], labels[shape])
+
+
 def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64,
                  lr: float = 5e-3, warmup: int = 20, seed: int = 0, progress: bool = True,
-                 tokens: torch.Tensor | None = None,
-                 token_weight: float = 0.0) -> tuple[CellHead, TokenHead | None, list[float]]:
+                 tokens: torch.Tensor | None = None, token_weight: float = 0.0,
+                 prototype_weight: float = 0.0) -> tuple[CellHead, TokenHead | None, list[float]]:
     """Train ``vit`` and a fresh :class:`CellHead` on ``(pixels, labels)`` for ``steps`` AdamW steps
     (cosine schedule, clipping 1.0). With ``token_weight > 0``, a fresh :class:`TokenHead` too,
     on the :func:`token_labels` ``tokens`` ``(N, T)``: the loss is the cells' cross-entropy plus
-    ``token_weight`` times the tokens'. Returns the cell head, the token head (or ``None``) and
-    the loss per step."""
+    ``token_weight`` times the tokens'. With ``prototype_weight > 0`` (and ``tokens``), plus that
+    weight times :func:`prototype_loss` on the same tokens. Returns the cell head, the token
+    head (or ``None``) and the loss per step."""
     from tqdm.auto import tqdm
 
     from minivl.train.trainer import cosine_with_warmup
 
-    if token_weight and tokens is None:
-        raise ValueError("token_weight > 0 needs the token labels (tokens=token_labels(patch_counts))")
+    if (token_weight or prototype_weight) and tokens is None:
+        raise ValueError("token_weight or prototype_weight > 0 needs the token labels "
+                         "(tokens=token_labels(patch_counts))")
     g = torch.Generator().manual_seed(seed)
     head = CellHead(vit.config.hidden_size)
     token_head = TokenHead(vit.config.hidden_size) if token_weight else None
+    merger = token_head or TokenHead(vit.config.hidden_size)  # its merge() is parameter-free
+    prototypes = class_prototypes(vit.config.hidden_size * 4, seed) if prototype_weight else None
     params = list(vit.parameters()) + list(head.parameters())
     if token_head is not None:
         params += list(token_head.parameters())
@@ -245,6 +309,8 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
         loss = F.cross_entropy(head(hidden).flatten(0, 1), labels[idx].flatten())  # (B*9, K) cells
         if token_head is not None:
             loss = loss + token_weight * F.cross_entropy(token_head(hidden).flatten(0, 1), tokens[idx].flatten())
+        if prototypes is not None:
+            loss = loss + prototype_weight * prototype_loss(merger.merge(hidden), tokens[idx], prototypes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -258,7 +324,8 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
 def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 4096, batch_size: int = 64,
                    lr: float = 5e-3, seed: int = 0, cache: str | Path | None = None,
                    progress: bool = True, num_held_out: int = 512,
-                   token_weight: float = 0.0) -> tuple[InternVisionModel, dict[str, Any]]:
+                   token_weight: float = 0.0,
+                   prototype_weight: float = 0.0) -> tuple[InternVisionModel, dict[str, Any]]:
     """Build an InternViT of ``config`` and pretrain it on ``num_scenes`` rendered scenes (with
     ``token_weight > 0``, the cells' objective plus the tokens', see :func:`pretrain_vit`).
 
@@ -274,6 +341,8 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
            "batch_size": batch_size, "lr": lr, "seed": seed, "num_held_out": num_held_out}
     if token_weight:  # only then: a ViT cached without the token objective stays valid
         key["token_weight"] = token_weight
+    if prototype_weight:
+        key["prototype_weight"] = prototype_weight
     torch.manual_seed(seed)
     vit = InternVisionModel(config)
     if cache is not None:
@@ -288,7 +357,8 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
                                                           config.patch_size)
     render_seconds = time.perf_counter() - start
     head, token_head, losses = pretrain_vit(vit, pixels, labels, steps, batch_size, lr, seed=seed, progress=progress,
-                                            tokens=token_labels(counts) if token_weight else None, token_weight=token_weight)
+                                            tokens=token_labels(counts) if token_weight or prototype_weight else None,
+                                            token_weight=token_weight, prototype_weight=prototype_weight)
     info = {"key": key, "losses": losses, "seconds": time.perf_counter() - start, "render_seconds": render_seconds,
             "parameters": sum(p.numel() for p in vit.parameters()),
             "held_out": cell_metrics(vit, head, held_pixels, held_labels),
@@ -296,6 +366,7 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
             "final_loss": float(sum(losses[-10:]) / min(10, len(losses))) if losses else math.nan}
     if token_head is not None:
         info["held_out_tokens"] = token_metrics(vit, token_head, held_pixels, token_labels(held_counts))
+    info["held_out_variance"] = token_class_variance(vit, held_pixels, token_labels(held_counts))
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(cache / "model.safetensors"))
