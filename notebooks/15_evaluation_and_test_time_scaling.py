@@ -401,8 +401,9 @@ print("share of the shape tokens' spread between kinds {kind:.1%}, between colou
 # named kind 72 %) and leaves colour at 67 %; ten times the projector's rate on frozen codes
 # (a throw-away change to the optimizer's groups) gives colour 65 %, count 91 %. So the
 # oracle's colour questions need tokens that stage 2 can reshape, not merely accurate or loud
-# ones; a warm-started ViT at a tenth of the rate (or at the full rate, 71 % at 84 px) is not
-# reshaped enough in 6000 steps. Two changes to the data moved colour within a seed's spread:
+# ones. A warm-started ViT is not reshaped that way in 6000 steps, at a tenth of the rate or
+# at the full one (`--vision-lr-scale 1`: colour 64 %, a named kind 48 % at 112 px; 71 % at
+# 84 px). Two changes to the data moved colour within a seed's spread:
 # captions next to the shape questions (`--tasks caption shape_qa`: 67.0 %, colour 67, count
 # 83, a named kind 62 %), and a fourth training turn that asks for a kind ("What shape is the
 # red one?", rewritten into a copy of the suite): colour 71, count 74, a named kind 65 %.

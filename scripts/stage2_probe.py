@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--vit-prototype-weight", type=float, default=None,
                         help="weight of the ViT warm start's prototype objective, which asks each image token "
                              "to point along its class's fixed code (default: the recipe's)")
+    parser.add_argument("--vision-lr-scale", type=float, default=None,
+                        help="the ViT's lr in stage 2 as a multiple of the stage's (default: the recipe's)")
     parser.add_argument("--projector-init-scale", type=float, default=None,
                         help="multiply the fresh projector's last Linear by this (default: the recipe's)")
     parser.add_argument("--oracle-vision", action="store_true",
@@ -315,6 +317,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         recipe = dataclasses.replace(recipe, vit_warm_lr=args.vit_warm_lr)
     if args.vit_token_weight is not None:
         recipe = dataclasses.replace(recipe, vit_token_weight=args.vit_token_weight)
+    if args.vision_lr_scale is not None:
+        recipe = dataclasses.replace(recipe, vision_lr_scale=args.vision_lr_scale)
     if args.vision_layers is not None:
         recipe = dataclasses.replace(recipe, vision_layers=args.vision_layers)
     if args.vit_prototype_weight is not None:

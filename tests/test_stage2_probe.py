@@ -171,6 +171,17 @@ def test_probe_runs_with_an_untied_frozen_embedding_llm(tmp_path, monkeypatch):
     assert not torch.equal(llm.lm_head.weight, llm.get_input_embeddings().weight)
 
 
+
+def test_probe_vit_flags_warm_start_a_vit_of_their_own(tmp_path, monkeypatch):
+    """At smoke scale, --vision-layers and --vit-prototype-weight give the workspace a ViT
+    warm-started with them (cached under its own name and key), and the probe trains with it."""
+    monkeypatch.setenv("MINIVL_SCALE", "smoke")
+    (row,) = _probe().main(["--out", str(tmp_path), "--tasks", "shape_qa", "--steps", "2", "--per-task", "2",
+                            "--vision-layers", "3", "--vit-prototype-weight", "0.5", "--vision-lr-scale", "1"])
+    assert 0.0 <= row["shape_qa"] <= 1.0
+    key = json.loads((tmp_path / "vit_32x3" / "warmstart.json").read_text())["key"]
+    assert key["config"]["num_hidden_layers"] == 3 and key["prototype_weight"] == 0.5
+
 def test_counting_by_what_weights_each_answer_by_its_questions():
     probe = _probe()
     by_group = {("all", 1): (1.0, 3), ("all", 4): (0.0, 1), ("kind", 2): (0.5, 4), ("colour", 0): (0.0, 2)}
