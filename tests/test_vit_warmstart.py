@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from minivl.config import VisionConfig
@@ -187,3 +188,8 @@ def test_prototype_objective_is_part_of_the_cache_key_and_reports_the_variance_s
     _, plain = warm_start_vit(SMALL, steps=20, num_scenes=128, batch_size=32, lr=1e-2, cache=tmp_path,
                               progress=False, num_held_out=64, token_weight=1.0)
     assert "prototype_weight" not in plain["key"] and plain["losses"] != info["losses"]
+
+
+def test_class_variance_refuses_background_tokens():
+    with pytest.raises(ValueError, match="labels > 0"):
+        class_variance(torch.randn(3, 8), torch.tensor([1, 0, 2]))

@@ -157,6 +157,8 @@ def class_variance(features: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
     the between-group sum of squares over the total one, each token LayerNorm-ed first as the
     projector does. 1.0 means tokens of a class are identical (the oracle's codes); a linear
     probe can be near perfect at 0.1."""
+    if (labels <= 0).any():
+        raise ValueError("class_variance takes the tokens on a shape only (labels > 0)")
     x = F.layer_norm(features.detach().float(), features.shape[-1:])
     x = x - x.mean(0)
     total = x.pow(2).sum()
@@ -295,7 +297,8 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
     head = CellHead(vit.config.hidden_size)
     token_head = TokenHead(vit.config.hidden_size) if token_weight else None
     merger = token_head or TokenHead(vit.config.hidden_size)  # its merge() is parameter-free
-    prototypes = class_prototypes(vit.config.hidden_size * 4, seed) if prototype_weight else None
+    merged_width = vit.config.hidden_size * round(1 / merger.downsample_ratio) ** 2
+    prototypes = class_prototypes(merged_width, seed) if prototype_weight else None
     params = list(vit.parameters()) + list(head.parameters())
     if token_head is not None:
         params += list(token_head.parameters())
@@ -327,12 +330,14 @@ def warm_start_vit(config: VisionConfig, steps: int = 900, num_scenes: int = 409
                    token_weight: float = 0.0,
                    prototype_weight: float = 0.0) -> tuple[InternVisionModel, dict[str, Any]]:
     """Build an InternViT of ``config`` and pretrain it on ``num_scenes`` rendered scenes (with
-    ``token_weight > 0``, the cells' objective plus the tokens', see :func:`pretrain_vit`).
+    ``token_weight > 0``, the cells' objective plus the tokens', and with ``prototype_weight >
+    0`` the prototype pull too, see :func:`pretrain_vit`).
 
     With ``cache`` (a directory), a ViT saved there by an identical call is loaded instead of
     trained. Returns ``(vit, info)``: the loss curve, the held-out cell metrics of
     :func:`cell_metrics` on ``num_held_out`` other scenes (and of an untrained ViT and head,
-    ``chance``), with a token head its :func:`token_metrics` (``held_out_tokens``), parameter
+    ``chance``), with a token head its :func:`token_metrics` (``held_out_tokens``), the
+    :func:`token_class_variance` of the held-out tokens (``held_out_variance``), parameter
     count and seconds.
     """
     from safetensors.torch import load_file, save_file
