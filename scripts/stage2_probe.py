@@ -293,36 +293,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     scale = get_scale()
     recipe = RECIPES[scale]
-    if args.through_projector and not args.oracle_vision:
-        parser.error("--through-projector needs --oracle-vision")
-    if args.oracle_kind_noise and not args.oracle_vision:
-        parser.error("--oracle-kind-noise needs --oracle-vision")
-    if args.oracle_factorised_codes and not args.oracle_vision:
-        parser.error("--oracle-factorised-codes needs --oracle-vision")
-    if args.oracle_frozen_codes and not args.oracle_vision:
-        parser.error("--oracle-frozen-codes needs --oracle-vision")
-    if args.oracle_class_share != 1.0 and not args.oracle_vision:
-        parser.error("--oracle-class-share needs --oracle-vision")
+    oracle_options = {"--through-projector": args.through_projector, "--oracle-kind-noise": args.oracle_kind_noise,
+                      "--oracle-class-share": args.oracle_class_share != 1.0,
+                      "--oracle-frozen-codes": args.oracle_frozen_codes,
+                      "--oracle-factorised-codes": args.oracle_factorised_codes}
+    for flag, given in oracle_options.items():
+        if given and not args.oracle_vision:
+            parser.error(f"{flag} needs --oracle-vision")
     if args.oracle_vision:
         if Path(args.out).resolve() == Path(parser.get_default("out")).resolve():
             parser.error("--oracle-vision repaints the workspace's images: give it its own --out")
         if args.image_size not in (None, ORACLE_TILE):
             parser.error(f"--oracle-vision reads {ORACLE_TILE} px tiles (one token per scene cell), not {args.image_size}")
         args.image_size = ORACLE_TILE
-    if args.image_size is not None:
-        recipe = dataclasses.replace(recipe, image_size=args.image_size)
-    if args.projector_init_scale is not None:
-        recipe = dataclasses.replace(recipe, projector_init_scale=args.projector_init_scale)
-    if args.vit_warm_lr is not None:
-        recipe = dataclasses.replace(recipe, vit_warm_lr=args.vit_warm_lr)
-    if args.vit_token_weight is not None:
-        recipe = dataclasses.replace(recipe, vit_token_weight=args.vit_token_weight)
-    if args.vision_lr_scale is not None:
-        recipe = dataclasses.replace(recipe, vision_lr_scale=args.vision_lr_scale)
-    if args.vision_layers is not None:
-        recipe = dataclasses.replace(recipe, vision_layers=args.vision_layers)
-    if args.vit_prototype_weight is not None:
-        recipe = dataclasses.replace(recipe, vit_prototype_weight=args.vit_prototype_weight)
+    overrides = {"image_size": args.image_size, "projector_init_scale": args.projector_init_scale,
+                 "vit_warm_lr": args.vit_warm_lr, "vit_token_weight": args.vit_token_weight,
+                 "vit_prototype_weight": args.vit_prototype_weight, "vision_lr_scale": args.vision_lr_scale,
+                 "vision_layers": args.vision_layers}
+    recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     ws = prepare(args.out, scale, recipe, progress=False)
     if args.oracle_vision:
         print(f"oracle vision: {paint_oracle_scenes(Path(args.out) / 'data')} scene images repainted")

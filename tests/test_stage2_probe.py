@@ -187,3 +187,11 @@ def test_counting_by_what_weights_each_answer_by_its_questions():
     by_group = {("all", 1): (1.0, 3), ("all", 4): (0.0, 1), ("kind", 2): (0.5, 4), ("colour", 0): (0.0, 2)}
     assert probe.counting_by_what(by_group) == {"all": 0.75, "colour": 0.0, "kind": 0.5}
     assert probe.counting_by_what({}) == {}
+
+
+@pytest.mark.parametrize("flag", [["--through-projector"], ["--oracle-kind-noise", "0.1"], ["--oracle-class-share", "0.5"],
+                                  ["--oracle-frozen-codes"], ["--oracle-factorised-codes"]])
+def test_oracle_options_need_oracle_vision(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _probe().main(["--out", str(tmp_path), *flag])
+    assert f"{flag[0]} needs --oracle-vision" in capsys.readouterr().err
