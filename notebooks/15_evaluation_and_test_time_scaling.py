@@ -377,39 +377,43 @@ print("share of the shape tokens' spread between kinds {kind:.1%}, between colou
 # %% [markdown]
 # At `cpu` scale a sixth of what a token on a shape carries is its class: kind 4.4 %, colour
 # 11.9 %, class 16.7 %. Stage 2 has made kind fainter, not plainer: the warm start alone
-# gives 7.7, 10.0 and 18.1 % (a ViT warm-started on 84 px tiles, where a token is a cell: 21,
-# 19 and 41 %). Is that faintness what stops the LLM? Two probes say no (6000 steps of stage 2 on `shape_qa`, seed 0, about 7 minutes each):
+# gives 7.7, 10.0 and 18.1 % (a ViT warm-started on 84 px tiles, where a token is a cell:
+# 21, 19 and 41 %). Is that faintness what stops the LLM? Two probes say no (6000 steps of
+# stage 2 on `shape_qa`, seed 0, about 7 minutes each):
 #
 # * **Plainer ViT tokens.** `--vit-prototype-weight 1` adds to the warm start a pull of every
 #   token towards a fixed direction for its class, a kind code plus a colour code of equal
 #   length (`prototype_loss`). The ViT makes its colours louder, not its kinds (kind 5.4 %,
 #   colour 15.6 %), and the probe falls from 65.5 % to 61.0 % (colour 64, count 72, position
-#   43 %; a named kind counted 42 %). Four ViT layers (`--vision-layers 4`): kind 9.1 %,
-#   58.8 %. At 84 px, weight 10 lifts the class share to 63 %, all of it colour (kind 17 %).
+#   43 %; a named kind counted 42 %). With four ViT layers (`--vision-layers 4`) kind reaches
+#   9.1 % and the probe 58.8 %; at 84 px a weight of 10 lifts the class share to 63 %, nearly
+#   all of it colour (kind 17 %).
 # * **A fainter oracle.** `--oracle-class-share 0.4` adds to each oracle token a random vector,
-#   fixed per tile, that holds 60 % of the spread, as faint as the 84 px ViT's tokens yet never
-#   misread. Through the projector with the louder start (`--through-projector
+#   fixed per tile, that holds 60 % of the spread: as faint as the 84 px ViT's tokens, yet
+#   never misread. Through the projector with the louder start (`--through-projector
 #   --projector-init-scale 5`) it still learns colour 95 %, count 97 % (a named kind 98 %),
-#   position 48 %. The random vector spreads over all 256 directions of a token while 17
-#   classes need at most 17, so a projector can filter most of it out; that our ViT's tokens
-#   give their kind to a linear probe 95 % of the time says that most of their spread can be
+#   position 48 %. The random vector spreads over all 256 directions of a token, while 17
+#   classes need at most 17, so a projector can filter most of it out; that the warm start's
+#   token head reads the kind from 95 % of our ViT's tokens says most of their spread can be
 #   filtered out too.
 #
 # What the oracle has and a ViT lacks is codes that *learn*: its vector per class is a table
-# row that stage 2 trains at the projector's rate, so the codes move to suit the LLM's
-# lookups. `--oracle-frozen-codes` keeps them at their random start: colour 68 %, count 82 %
-# (a named colour 81 %, a named kind 55 %), position 36 % (seed 1: 74, 71, 46 %), the real
-# model's numbers from perfect, faint but fixed tokens. Starting them factorised (`--oracle-factorised-codes`, a
-# kind vector plus a colour vector, frozen) fixes counting (93 %; a named colour 100 %, a
-# named kind 72 %) and leaves colour at 67 %; ten times the projector's rate on frozen codes
-# (a throw-away change to the optimizer's groups) gives colour 65 %, count 91 %. So the
-# oracle's colour questions need tokens that stage 2 can reshape, not merely accurate or loud
-# ones. A warm-started ViT is not reshaped that way in 6000 steps, at a tenth of the rate or
-# at the full one (`--vision-lr-scale 1`: colour 64 %, a named kind 48 % at 112 px; 71 % at
-# 84 px). Two changes to the data moved colour within a seed's spread:
+# row that stage 2 trains, so the codes can move to suit the LLM's lookups.
+# `--oracle-frozen-codes` keeps them at their random start: colour 68 %, count 82 % (a named
+# colour 81 %, a named kind 55 %), position 36 % (seed 1: 74, 71, 46 %), the real model's
+# numbers from perfect, faint but fixed tokens. Starting them factorised
+# (`--oracle-factorised-codes`, a kind vector plus a colour vector, frozen) fixes counting
+# (93 %; a named colour 100 %, a named kind 72 %) and leaves colour at 67 %; ten times the
+# projector's rate on frozen codes gives colour 65 %, count 91 %. Codes that learn at a tenth
+# of the rate, the ViT's share, answer every colour question right (100 %; count 75 %,
+# position 42 %). These two runs change the optimizer's groups with a throw-away patch. So
+# colour questions need image tokens that stage 2 can move class by class, not merely
+# accurate or loud ones, and a ViT's weights do not move its tokens that way: at a tenth of
+# the rate or at the full one (`--vision-lr-scale 1`: colour 64 %, a named kind 48 % at
+# 112 px; 71 % at 84 px). Two changes to the data moved colour within a seed's spread:
 # captions next to the shape questions (`--tasks caption shape_qa`: 67.0 %, colour 67, count
 # 83, a named kind 62 %), and a fourth training turn that asks for a kind ("What shape is the
-# red one?", rewritten into a copy of the suite): colour 71, count 74, a named kind 65 %.
+# red one?", written into a copy of the suite): colour 71, count 74, a named kind 65 %.
 #
 # ## The metrics, worked by hand
 #
