@@ -98,6 +98,13 @@ def paint_oracle_scenes(data_dir: str | Path, tasks=("caption", "shape_qa"), spl
     return painted
 
 
+def tile_seed(tile: torch.Tensor, draw: int) -> int:
+    """A seed from a tile's pixels (32 bits of their SHA-1, a different part per ``draw``): the
+    same tile, pixel for pixel, always gives the same seed, so it is misread the same way."""
+    digest = hashlib.sha1(tile.detach().float().cpu().numpy().tobytes()).hexdigest()
+    return int(digest[8 * draw:8 * draw + 8], 16)
+
+
 class OracleVision(nn.Module):
     """84 px tiles of painted scenes -> 9 image tokens: each cell's class read back from its
     mean grey level, then a learned embedding of the class plus a learned embedding of the cell.
@@ -141,8 +148,7 @@ class OracleVision(nn.Module):
         n_colours = len(COLOURS)
         out = classes.clone()
         for i, tile in enumerate(pixel_values):
-            seed = int(hashlib.sha1(tile.detach().float().cpu().numpy().tobytes()).hexdigest()[:8], 16)
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(tile_seed(tile, 0))
             flip = (torch.rand(9, generator=g) < self.kind_noise) & (classes[i] > 0)
             kind, colour = (classes[i] - 1) // n_colours, (classes[i] - 1) % n_colours
             other = (kind + torch.randint(1, len(SHAPES), (9,), generator=g)) % len(SHAPES)
@@ -153,8 +159,8 @@ class OracleVision(nn.Module):
         """A standard normal vector per token, ``(N, 9, H)``, the same every time for the same tile."""
         out = []
         for tile in pixel_values:
-            seed = int(hashlib.sha1(tile.detach().float().cpu().numpy().tobytes()).hexdigest()[8:16], 16)
-            out.append(torch.randn(9, self.classes.embedding_dim, generator=torch.Generator().manual_seed(seed)))
+            g = torch.Generator().manual_seed(tile_seed(tile, 1))
+            out.append(torch.randn(9, self.classes.embedding_dim, generator=g))
         return torch.stack(out).to(pixel_values.device)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
