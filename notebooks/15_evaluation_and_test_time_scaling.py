@@ -406,7 +406,9 @@ print("share of the shape tokens' spread between kinds {kind:.1%}, between colou
 # (93 %; a named colour 100 %, a named kind 72 %) and leaves colour at 67 %; ten times the
 # projector's rate on frozen codes gives colour 65 %, count 91 %. Codes that learn at a tenth
 # of the rate, the ViT's share, answer every colour question right (100 %; count 75 %,
-# position 42 %). These two runs change the optimizer's groups with a throw-away patch. So
+# position 42 %), and codes that learn while the LLM stays frozen fail (29 % on shape_qa):
+# table and LLM must learn together. These three runs change the optimizer's groups with a
+# throw-away patch. So
 # colour questions need image tokens that stage 2 can move class by class, not merely
 # accurate or loud ones, and a ViT's weights do not move its tokens that way: at a tenth of
 # the rate or at the full one (`--vision-lr-scale 1`: colour 64 %, a named kind 48 % at
