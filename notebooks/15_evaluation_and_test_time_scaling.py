@@ -385,9 +385,9 @@ print("share of the shape tokens' spread between kinds {kind:.1%}, between colou
 #   token towards a fixed direction for its class, a kind code plus a colour code of equal
 #   length (`prototype_loss`). The ViT makes its colours louder, not its kinds (kind 5.4 %,
 #   colour 15.6 %), and the probe falls from 65.5 % to 61.0 % (colour 64, count 72, position
-#   43 %; a named kind counted 42 %). With four ViT layers (`--vision-layers 4`) kind reaches
-#   9.1 % and the probe 58.8 %; at 84 px a weight of 10 lifts the class share to 63 %, nearly
-#   all of it colour (kind 17 %).
+#   43 %; a named kind counted 42 %). With four ViT layers and the same pull
+#   (`--vision-layers 4`) kind reaches 9.1 % and the probe 58.8 %; at 84 px a weight of 10
+#   lifts the class share from 41 % to 63 %, all of the gain colour (19 -> 46 %; kind 21 -> 17 %).
 # * **A fainter oracle.** `--oracle-class-share 0.4` adds to each oracle token a random vector,
 #   fixed per tile, that holds 60 % of the spread: as faint as the 84 px ViT's tokens, yet
 #   never misread. Through the projector with the louder start (`--through-projector

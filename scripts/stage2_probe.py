@@ -202,8 +202,7 @@ def attach_oracle_vision(model, through_projector: bool = False, kind_noise: flo
     then tells whether the projector path, rather than the ViT, loses what the tokens say.
     ``kind_noise`` makes the oracle misread kinds, ``class_share`` < 1 its tokens faint (see
     :class:`OracleVision`). With ``frozen_codes`` the oracle's class and cell vectors keep
-    their random start: stage 2 cannot shape them to suit the LLM, as it barely reshapes a
-    warm-started ViT's features. With ``factorised_codes`` a class's vector starts as the sum
+    their random start: stage 2 cannot shape them to suit the LLM, only the projector after them. With ``factorised_codes`` a class's vector starts as the sum
     of a random vector for its kind and one for its colour (each entry about N(0, 1), as
     nn.Embedding starts), so that the shapes of one kind share a direction."""
     projector = model.mlp1

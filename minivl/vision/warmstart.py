@@ -246,34 +246,36 @@ def token_probe(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eval
     fitted (Adam, full batch, ``steps`` steps) on the frozen tokens of ``(pixels, labels)``
     (:func:`token_labels`), scored by :func:`token_metrics` on ``(eval_pixels, eval_labels)``.
     The same probe for any ViT, whatever objective it was warm-started with."""
-    was_training = vit.training
-    vit.eval()
     torch.manual_seed(seed)
     head = TokenHead(vit.config.hidden_size)
-    with torch.no_grad():
-        merged = torch.cat([head.merge(vit(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
-    x, y = merged.flatten(0, 1), labels.flatten()  # (N*T, 4C), (N*T,)
+    x, y = merged_tokens(vit, pixels).flatten(0, 1), labels.flatten()  # (N*T, 4C), (N*T,)
     opt = torch.optim.Adam(head.classifier.parameters(), lr=lr)
     for _ in range(steps):
         loss = F.cross_entropy(head.classifier(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    vit.train(was_training)
     return token_metrics(vit, head, eval_pixels, eval_labels)
+
+
+@torch.no_grad()
+def merged_tokens(vit: nn.Module, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``vit``'s LLM-sized tokens of ``pixels`` ``(N, 3, S, S)`` -> ``(N, T, 4C)``: its patch tokens
+    merged by :meth:`TokenHead.merge`, the ViT in eval mode and left as it was found."""
+    was_training = vit.training
+    vit.eval()
+    merger = TokenHead(vit.config.hidden_size)
+    merged = torch.cat([merger.merge(vit(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)])
+    vit.train(was_training)
+    return merged
 
 
 @torch.no_grad()
 def token_class_variance(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """:func:`class_variance` of ``vit``'s LLM-sized tokens over the tokens a shape covers
     (``labels`` from :func:`token_labels`), the ViT in eval mode."""
-    was_training = vit.training
-    vit.eval()
-    merger = TokenHead(vit.config.hidden_size)
-    merged = torch.cat([merger.merge(vit(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
-    vit.train(was_training)
     shape = labels > 0
-    return class_variance(merged[shape], labels[shape])
+    return class_variance(merged_tokens(vit, pixels)[shape], labels[shape])
 
 
 def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64,
@@ -296,7 +298,7 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
     g = torch.Generator().manual_seed(seed)
     head = CellHead(vit.config.hidden_size)
     token_head = TokenHead(vit.config.hidden_size) if token_weight else None
-    merger = token_head or TokenHead(vit.config.hidden_size)  # its merge() is parameter-free
+    merger = token_head if token_head is not None else TokenHead(vit.config.hidden_size)  # merge(): no parameters
     merged_width = vit.config.hidden_size * round(1 / merger.downsample_ratio) ** 2
     prototypes = class_prototypes(merged_width, seed) if prototype_weight else None
     params = list(vit.parameters()) + list(head.parameters())
@@ -310,10 +312,13 @@ def pretrain_vit(vit: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, ste
         idx = torch.randint(len(pixels), (batch_size,), generator=g)
         hidden = vit(pixels[idx])
         loss = F.cross_entropy(head(hidden).flatten(0, 1), labels[idx].flatten())  # (B*9, K) cells
+        if token_head is not None or prototypes is not None:
+            merged = merger.merge(hidden)  # (B, T, 4C), once for both token objectives
         if token_head is not None:
-            loss = loss + token_weight * F.cross_entropy(token_head(hidden).flatten(0, 1), tokens[idx].flatten())
+            loss = loss + token_weight * F.cross_entropy(token_head.classifier(merged).flatten(0, 1),
+                                                         tokens[idx].flatten())
         if prototypes is not None:
-            loss = loss + prototype_weight * prototype_loss(merger.merge(hidden), tokens[idx], prototypes)
+            loss = loss + prototype_weight * prototype_loss(merged, tokens[idx], prototypes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
