@@ -69,6 +69,8 @@ class Recipe:
     # louder, not their kinds (class_variance, kind 7.7 -> 5.4 %), and the stage-2 probe
     # (6000 steps, seed 0) fell from 65.5 % to 61.0 % on shape_qa (chapter 15)
     vit_prototype_weight: float = 0.0
+    # the weight of the class-share objective (minivl.vision.warmstart.class_share_loss)
+    vit_share_weight: float = 0.0
     # (stage, optimizer steps, peak lr): about 7 minutes of training on 2 idle cores; the whole run about 9.
     # Stage 2 at 1e-3 rather than 2e-3: at 2e-3 the result swung with the schedule's length
     # (on the suite before its question types were balanced: 5500 steps 50.7 % on shape_qa,
@@ -209,7 +211,8 @@ def prepare(out: str | Path, scale: str | None = None, recipe: Recipe | None = N
     _section(f"3b. ViT warm start ({vcfg.hidden_size} wide x {vcfg.num_hidden_layers} layers)")
     vit, vit_info = warm_start_vit(vcfg, steps=recipe.vit_warm_steps, num_scenes=recipe.vit_warm_scenes,
                                    lr=recipe.vit_warm_lr, token_weight=recipe.vit_token_weight,
-                                   prototype_weight=recipe.vit_prototype_weight, seed=recipe.seed,
+                                   prototype_weight=recipe.vit_prototype_weight,
+                                   share_weight=recipe.vit_share_weight, seed=recipe.seed,
                                    cache=out / f"vit_{vcfg.hidden_size}x{vcfg.num_hidden_layers}", progress=progress)
     held, chance = vit_info["held_out"], vit_info["chance"]
     print(f"{vit_info['parameters']:,} parameters; held-out scenes, what each cell holds: "

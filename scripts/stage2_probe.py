@@ -32,8 +32,8 @@ vector per token, fixed per tile, holding the rest of the spread), ``--oracle-fr
 keeps its vectors at their random start, as fixed as a warm-started ViT's features, and
 ``--oracle-factorised-codes`` starts each class's vector as its kind's plus its colour's.
 
-``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight`` and ``--vision-layers``
-change the ViT warm start (its peak lr, the weights of its per-image-token objectives, see
+``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight``, ``--vit-share-weight`` and
+``--vision-layers`` change the ViT warm start (its peak lr, the weights of its per-image-token objectives, see
 ``minivl.vision.warmstart``, and its depth); the workspace's ViT is retrained, so give such a
 run its own ``--out``.
 
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--vit-prototype-weight", type=float, default=None,
                         help="weight of the ViT warm start's prototype objective, which asks each image token "
                              "to point along its class's fixed code (default: the recipe's)")
+    parser.add_argument("--vit-share-weight", type=float, default=None,
+                        help="weight of the ViT warm start's class-share objective, which asks that kind and "
+                             "colour be most of each image token's spread (default: the recipe's)")
     parser.add_argument("--vision-lr-scale", type=float, default=None,
                         help="the ViT's lr in stage 2 as a multiple of the stage's (default: the recipe's)")
     parser.add_argument("--projector-init-scale", type=float, default=None,
@@ -313,7 +316,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.image_size = ORACLE_TILE
     overrides = {"image_size": args.image_size, "projector_init_scale": args.projector_init_scale,
                  "vit_warm_lr": args.vit_warm_lr, "vit_token_weight": args.vit_token_weight,
-                 "vit_prototype_weight": args.vit_prototype_weight, "vision_lr_scale": args.vision_lr_scale,
+                 "vit_prototype_weight": args.vit_prototype_weight, "vit_share_weight": args.vit_share_weight,
+                 "vision_lr_scale": args.vision_lr_scale,
                  "vision_layers": args.vision_layers}
     recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     ws = prepare(args.out, scale, recipe, progress=False)

@@ -15,6 +15,7 @@ from minivl.vision.warmstart import (
     TokenHead,
     cell_label,
     class_prototypes,
+    class_share_loss,
     class_variance,
     prototype_loss,
     render_scenes,
@@ -188,6 +189,48 @@ def test_prototype_objective_is_part_of_the_cache_key_and_reports_the_variance_s
     _, plain = warm_start_vit(SMALL, steps=20, num_scenes=128, batch_size=32, lr=1e-2, cache=tmp_path,
                               progress=False, num_held_out=64, token_weight=1.0)
     assert "prototype_weight" not in plain["key"] and plain["losses"] != info["losses"]
+
+
+def test_class_share_loss_is_the_mean_negative_log_of_the_kind_and_colour_shares():
+    """On tokens that are a kind code plus a colour code (a balanced design: every class
+    twice) the two shares are set by the codes' lengths: with a kind code of length a and a
+    colour code of length b (orthogonal one-hots) the centred, LayerNorm-ed tokens split
+    a^2 : b^2 between the factors, so the shares are a^2 / (a^2 + b^2) and b^2 / (a^2 + b^2)."""
+    labels = torch.tensor([cell_label(k, c) for k in SHAPES for c in COLOURS] * 2)
+    kind, colour = (labels - 1) // len(COLOURS), (labels - 1) % len(COLOURS)
+    a, b = 2.0, 1.0
+    tokens = a * torch.eye(8)[kind] + b * torch.eye(8)[colour + 4]
+    v = class_variance(tokens, labels)
+    assert abs(v["kind"] - 0.8) < 1e-5 and abs(v["colour"] - 0.2) < 1e-5 and abs(v["class"] - 1) < 1e-5
+    expected = -(np.log(0.8 + 1e-4) + np.log(0.2 + 1e-4)) / 2
+    # background tokens (label 0) are left out, whatever they hold
+    merged = torch.cat([tokens, 50 * torch.randn(5, 8)]).unsqueeze(0)
+    with_background = torch.cat([labels, torch.zeros(5, dtype=torch.long)]).unsqueeze(0)
+    assert abs(class_share_loss(merged, with_background).item() - expected) < 1e-4
+    # equal shares are cheaper than the same total split unevenly: the log weighs the fainter factor
+    even = torch.eye(8)[kind] + torch.eye(8)[colour + 4]
+    assert class_share_loss(even[None], labels[None]).item() < expected
+
+
+def test_class_share_loss_has_gradients_and_survives_a_batch_without_shapes():
+    merged = torch.randn(2, 16, 8, requires_grad=True)
+    labels = torch.randint(1, NUM_CLASSES, (2, 16), generator=torch.Generator().manual_seed(0))
+    class_share_loss(merged, labels).backward()
+    assert merged.grad is not None and merged.grad.abs().sum() > 0
+    empty = torch.randn(1, 4, 8, requires_grad=True)
+    loss = class_share_loss(empty, torch.zeros(1, 4, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0 and empty.grad is not None
+
+
+def test_share_objective_is_part_of_the_cache_key_and_raises_the_class_share(tmp_path):
+    """A few dozen steps at smoke size already move the held-out class share up against the
+    same warm start without the objective."""
+    kw = dict(steps=60, num_scenes=256, batch_size=32, lr=1e-2, progress=False, num_held_out=64, token_weight=1.0)
+    _, shared = warm_start_vit(SMALL, cache=tmp_path / "a", share_weight=1.0, **kw)
+    _, plain = warm_start_vit(SMALL, cache=tmp_path / "b", **kw)
+    assert shared["key"]["share_weight"] == 1.0 and "share_weight" not in plain["key"]
+    assert shared["held_out_variance"]["class"] > plain["held_out_variance"]["class"]
 
 
 def test_class_variance_refuses_background_tokens():
