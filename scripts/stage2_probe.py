@@ -32,8 +32,9 @@ vector per token, fixed per tile, holding the rest of the spread), ``--oracle-fr
 keeps its vectors at their random start, as fixed as a warm-started ViT's features, and
 ``--oracle-factorised-codes`` starts each class's vector as its kind's plus its colour's.
 
-``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight``, ``--vit-share-weight`` and
-``--vision-layers`` change the ViT warm start (its peak lr, the weights of its per-image-token objectives, see
+``--vit-warm-steps``, ``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight``,
+``--vit-share-weight`` and ``--vision-layers`` change the ViT warm start (its length, its peak lr, the
+weights of its per-image-token objectives, see
 ``minivl.vision.warmstart``, and its depth); the workspace's ViT is retrained, so give such a
 run its own ``--out``.
 
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "so give it its own --out")
     parser.add_argument("--vision-layers", type=int, default=None,
                         help="the ViT's depth (default: the recipe's); another depth warm-starts a ViT of its own")
+    parser.add_argument("--vit-warm-steps", type=int, default=None,
+                        help="the ViT warm start's steps (default: the recipe's); another value retrains the "
+                             "workspace's ViT")
     parser.add_argument("--vit-warm-lr", type=float, default=None,
                         help="the ViT warm start's peak lr (default: the recipe's); another value retrains the "
                              "workspace's ViT")
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--oracle-vision reads {ORACLE_TILE} px tiles (one token per scene cell), not {args.image_size}")
         args.image_size = ORACLE_TILE
     overrides = {"image_size": args.image_size, "projector_init_scale": args.projector_init_scale,
-                 "vit_warm_lr": args.vit_warm_lr, "vit_token_weight": args.vit_token_weight,
+                 "vit_warm_lr": args.vit_warm_lr, "vit_warm_steps": args.vit_warm_steps, "vit_token_weight": args.vit_token_weight,
                  "vit_prototype_weight": args.vit_prototype_weight, "vit_share_weight": args.vit_share_weight,
                  "vision_lr_scale": args.vision_lr_scale,
                  "vision_layers": args.vision_layers}

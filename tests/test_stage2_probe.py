@@ -173,16 +173,18 @@ def test_probe_runs_with_an_untied_frozen_embedding_llm(tmp_path, monkeypatch):
 
 
 def test_probe_vit_flags_warm_start_a_vit_of_their_own(tmp_path, monkeypatch):
-    """At smoke scale, --vision-layers, --vit-prototype-weight and --vit-share-weight give the
-    workspace a ViT warm-started with them (cached under its own name and key), and the probe
-    trains with it."""
+    """At smoke scale, --vision-layers, --vit-prototype-weight, --vit-share-weight and
+    --vit-warm-steps give the workspace a ViT warm-started with them (cached under its own
+    name and key), and the probe trains with it."""
     monkeypatch.setenv("MINIVL_SCALE", "smoke")
     (row,) = _probe().main(["--out", str(tmp_path), "--tasks", "shape_qa", "--steps", "2", "--per-task", "2",
                             "--vision-layers", "3", "--vit-prototype-weight", "0.5", "--vit-share-weight", "2",
-                            "--vision-lr-scale", "1"])
+                            "--vit-warm-steps", "4", "--vision-lr-scale", "1"])
     assert 0.0 <= row["shape_qa"] <= 1.0
     key = json.loads((tmp_path / "vit_32x3" / "warmstart.json").read_text())["key"]
     assert key["config"]["num_hidden_layers"] == 3 and key["prototype_weight"] == 0.5 and key["share_weight"] == 2
+    assert key["steps"] == 4
+
 
 def test_counting_by_what_weights_each_answer_by_its_questions():
     probe = _probe()
