@@ -33,10 +33,9 @@ keeps its vectors at their random start, as fixed as a warm-started ViT's featur
 ``--oracle-factorised-codes`` starts each class's vector as its kind's plus its colour's.
 
 ``--vit-warm-steps``, ``--vit-warm-lr``, ``--vit-token-weight``, ``--vit-prototype-weight``,
-``--vit-share-weight`` and ``--vision-layers`` change the ViT warm start (its length, its peak lr, the
-weights of its per-image-token objectives, see
-``minivl.vision.warmstart``, and its depth); the workspace's ViT is retrained, so give such a
-run its own ``--out``.
+``--vit-share-weight`` and ``--vision-layers`` change the ViT warm start (its length, its peak
+lr, the weights of its per-image-token objectives, see ``minivl.vision.warmstart``, and its
+depth); the workspace's ViT is retrained, so give such a run its own ``--out``.
 
 ``--untied-embeddings`` and ``--frozen-warm-embeddings`` change what the LLM warm start does
 to the words (see ``minivl.train.warmstart.word_similarity``): the LLM gets its own output
@@ -319,9 +318,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--oracle-vision reads {ORACLE_TILE} px tiles (one token per scene cell), not {args.image_size}")
         args.image_size = ORACLE_TILE
     overrides = {"image_size": args.image_size, "projector_init_scale": args.projector_init_scale,
-                 "vit_warm_lr": args.vit_warm_lr, "vit_warm_steps": args.vit_warm_steps, "vit_token_weight": args.vit_token_weight,
-                 "vit_prototype_weight": args.vit_prototype_weight, "vit_share_weight": args.vit_share_weight,
-                 "vision_lr_scale": args.vision_lr_scale,
+                 "vit_warm_lr": args.vit_warm_lr, "vit_warm_steps": args.vit_warm_steps,
+                 "vit_token_weight": args.vit_token_weight, "vit_prototype_weight": args.vit_prototype_weight,
+                 "vit_share_weight": args.vit_share_weight, "vision_lr_scale": args.vision_lr_scale,
                  "vision_layers": args.vision_layers}
     recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     ws = prepare(args.out, scale, recipe, progress=False)
