@@ -72,7 +72,8 @@ class Recipe:
     # off: the class-share objective (minivl.vision.warmstart.class_share_loss, weight 1) makes
     # the tokens plainer (class share 18 -> 61 % at 112 px, 41 -> 81 % at 84 px, 88 % with
     # 3600 steps), yet the stage-2 probe (6000 steps, seed 0) fell from 65.5 % to 52.0 % on
-    # shape_qa at 112 px and from 63.0 % to 60.2 / 62.0 % at 84 px, colour 71 -> 61 % (chapter 15)
+    # shape_qa at 112 px, and at 84 px with 3600 steps it gave 62.0 / 61.3 % (seeds 0 / 1)
+    # against 63.0 / 57.0 % without it (chapter 15)
     vit_share_weight: float = 0.0
     # (stage, optimizer steps, peak lr): about 7 minutes of training on 2 idle cores; the whole run about 9.
     # Stage 2 at 1e-3 rather than 2e-3: at 2e-3 the result swung with the schedule's length
