@@ -188,9 +188,9 @@ def class_share_loss(merged: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
     Like :func:`prototype_loss` it asks that a token's class be most of what it carries, not
     merely decodable. Unlike it, it fixes no direction, and the logarithm weighs each factor
-    by how faint it still is: on the plain sum of the two shares a ViT makes its tokens' colour
-    loud and lets kind go (kind 0.2 %, colour 71 % of the spread at cpu scale), since colour
-    is in every pixel of a shape and kind only in its outline."""
+    by how faint it still is: asked for the plain sum of the two shares, a ViT can raise the
+    sum fastest through colour, which is in every pixel of a shape, and let kind, which is
+    only in its outline, go (chapter 15 reports a run of that variant)."""
     keep = labels > 0
     if not keep.any():
         return merged.sum() * 0.0  # no shape in the batch: nothing to ask, graph kept
