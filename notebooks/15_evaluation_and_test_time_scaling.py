@@ -202,6 +202,15 @@ for name in ("shape_qa", "reasoning"):
 # some easy perception, not reading, localisation or multi-step counting. Nothing is
 # unparseable: the formats are right even when the content is not.
 #
+# The 25 % of a blind pick is not the floor it seems for `reasoning`. Its three wrong options
+# are drawn from the integers within 3 of the answer, so the answer usually sits in the
+# middle of the four values, and a rule that never looks at the image or reads the question,
+# "choose the second smallest option" (`option_rank_rule(TEST_META)` in `minivl.eval.suite`),
+# is right on 50.0 % of the 80 test records (53.3 % of the training records). MMBench's
+# CircularEval rotates the options to defeat a different leak, a favourite letter; a leak in
+# the option values survives rotation, and only a blind baseline like this one shows it. Our
+# model has not found the shortcut (22.5 % against the rule's 50.0 %).
+#
 # ## Where the errors are
 #
 # A score per task says how much the model gets right, not what it has failed to learn. The

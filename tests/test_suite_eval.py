@@ -172,3 +172,46 @@ def test_format_grouped_lays_out_rows_columns_and_empty_cells():
     assert len({len(line) for line in lines}) == 1  # header and cells line up
     swapped = format_grouped(by_group, [("a", "row a")], [2], "t", key=lambda row, n: (n, row)).splitlines()
     assert swapped[1].split() == ["row", "a", "25%", "(", "8)"]
+
+
+def test_option_rank_rule_picks_by_value_not_by_letter(tmp_path):
+    from minivl.eval.suite import option_rank_rule
+
+    rows = [(["5", "3", "4", "6"], "C"),    # sorted 3 < 4 < 5 < 6: the second smallest is C (4): right
+            (["12", "9", "10", "8"], "B"),  # 8 < 9 < 10 < 12: the second smallest is B (9): right
+            (["0", "1", "2", "3"], "A"),    # second smallest is B: wrong
+            (["2", "7", "x", "1"], "A")]    # not numeric: left out
+    lines = [json.dumps({"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                              {"from": "gpt", "value": letter}],
+                         "meta": {"options": options, "answer_letter": letter}}) for options, letter in rows]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"reasoning": {"root": ".", "annotation": "r.jsonl", "length": 4}}))
+    assert option_rank_rule(tmp_path / "meta.json") == (pytest.approx(2 / 3), 3)
+    assert option_rank_rule(tmp_path / "meta.json", rank=0) == (pytest.approx(1 / 3), 3)  # the smallest: row 3 only
+    assert option_rank_rule(tmp_path / "meta.json", rank=3) == (0.0, 3)
+    with pytest.raises(ValueError, match="rank must be"):
+        option_rank_rule(tmp_path / "meta.json", rank=-1)
+    with pytest.raises(ValueError, match="numeric options"):
+        option_rank_rule(tmp_path / "meta.json", rank=4)
+
+
+def test_option_rank_rule_on_a_generated_split_beats_a_guess(tmp_path):
+    """The suite's distractors sit within 3 of the answer: measured on generated problems, the
+    second-smallest option is right far more often than a quarter of the time."""
+    import random
+
+    from minivl.data.synthetic.reasoning import LETTERS, text_problem
+    from minivl.eval.suite import option_rank_rule
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(400):
+        _, _, _, options, correct = text_problem(rng)
+        lines.append(json.dumps({"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                                      {"from": "gpt", "value": LETTERS[correct]}],
+                                 "meta": {"options": [str(v) for v in options], "answer_letter": LETTERS[correct]}}))
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"reasoning": {"root": ".", "annotation": "r.jsonl", "length": 400}}))
+    shares = [option_rank_rule(tmp_path / "meta.json", rank=r)[0] for r in range(4)]
+    assert sum(shares) == pytest.approx(1.0)  # every record has exactly one right rank
+    assert shares[1] > 0.4 and shares[3] < 0.1

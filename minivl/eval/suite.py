@@ -132,6 +132,39 @@ def commonest_colour_rule(meta: str | Path, task: str = "shape_qa") -> tuple[flo
     return right / total, total
 
 
+def option_rank_rule(meta: str | Path, rank: int = 1, task: str = "reasoning") -> tuple[float, int]:
+    """``(accuracy, records)`` of a rule that picks, in every multiple-choice record of
+    ``meta``'s ``task``, the option whose value is the ``rank``-th smallest (0: the smallest),
+    never looking at the image or reading the question.
+
+    A blind baseline for the ``reasoning`` task: its three wrong options are drawn from the
+    integers within 3 of the answer, so the answer tends to sit in the middle of the four
+    values, and "the second smallest" (``rank=1``) is right about half the time instead of
+    the quarter a guess gets. Records without numeric ``options`` and an ``answer_letter`` in
+    their meta are left out. Chapter 15.
+    """
+    if rank < 0:
+        raise ValueError(f"option_rank_rule: rank must be >= 0, got {rank}")
+    records = read_meta(meta)[task].read_records(strict=False)[0]
+    total, right = 0, 0
+    for record in records:
+        info = record.extra.get("meta", {})
+        options, letter = info.get("options"), info.get("answer_letter")
+        if not options or letter is None or rank >= len(options):
+            continue
+        try:
+            values = [float(v) for v in options]
+        except (TypeError, ValueError):
+            continue
+        chosen = sorted(range(len(values)), key=values.__getitem__)[rank]
+        right += "ABCDEFGH"[chosen] == letter
+        total += 1
+    if total == 0:
+        raise ValueError(f"option_rank_rule: no record of {task!r} in {meta} has numeric options "
+                         f"(at least {rank + 1}) and an answer letter")
+    return right / total, total
+
+
 def format_grouped(by_group: dict[Hashable, tuple[float, int]], rows: Sequence[tuple[Any, str]],
                    columns: Sequence[Any], title: str,
                    key: Callable[[Any, Any], Hashable] = lambda row, column: (row, column)) -> str:
