@@ -193,6 +193,31 @@ def test_sdpa_segments_forward_and_backward_equal_the_block_mask(lengths):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
+def test_sdpa_segments_is_bit_identical_to_the_masked_padded_batch():
+    """The padded batch runs with ``is_causal`` instead of an explicit causal-and-valid mask:
+    for every real token the two masks agree, so values and gradients must match exactly,
+    not just closely (GQA, head dim 32 as in the cpu-scale LLM)."""
+    lengths = [90, 40, 130, 17, 200, 60, 111]
+    cu = cu_seqlens_from_lengths(lengths)
+    total, longest = sum(lengths), max(lengths)
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(total, h, 32, generator=generator, requires_grad=True) for h in (4, 2, 2))
+    upstream = torch.randn(total, 4, 32, generator=generator)
+
+    out = varlen_attention(q, k, v, cu, scale=32 ** -0.5, backend="sdpa_segments")
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+
+    index, valid = attn.segment_layout(cu)  # the padded batch with its explicit mask, written out
+    mask = torch.ones(longest, longest, dtype=torch.bool).tril()[None, None] & valid[:, None, None, :]
+    qp, kp, vp = (t[index].transpose(1, 2) for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=32 ** -0.5, enable_gqa=True)
+    ref = ref.transpose(1, 2)[valid]
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), (q, k, v))
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+
+
 def test_varlen_attention_rejects_mismatched_lengths():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="ends at 20 but the packed row has 24"):

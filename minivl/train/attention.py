@@ -358,8 +358,14 @@ def segment_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def _sdpa_segments(q, k, v, cu_seqlens, scale, dropout_p=0.0):
     """SDPA over the samples as a padded batch; q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D).
 
-    Padded query rows still see key 0 of their sample (never an empty softmax) and are
-    dropped at the end; real tokens see exactly the keys of the block mask.
+    Each sample's tokens start a row of the batch and padding fills its end, so a plain causal
+    mask (``is_causal``) is already the block mask for every real token: query ``j`` of a
+    sample sees keys ``0..j``, all real. Padded query rows see their sample and padding (never
+    an empty softmax) and are dropped at the end. Without an explicit mask SDPA skips the
+    blocks above the diagonal; the outputs and gradients are bit-identical to the masked call
+    (tests/test_attention.py). On 2 CPU cores, ``benchmarks/attention.py`` (1024 tokens in 3
+    samples, forward + backward of a tiny Qwen2) went from 1.00x to 0.85x of the padded
+    baseline's time, and a stage-2 step of the quickstart from 144 to 125 ms.
     """
     total = q.shape[0]
     n = cu_seqlens.numel() - 1
@@ -368,13 +374,13 @@ def _sdpa_segments(q, k, v, cu_seqlens, scale, dropout_p=0.0):
         return _sdpa_block_mask(q, k, v, cu_seqlens, scale, dropout_p)
     index, valid = segment_layout(cu_seqlens.to(q.device))
     flat = index.reshape(-1)  # (N * Lmax,)
-    q, k, v = (t[flat].unflatten(0, index.shape).transpose(1, 2) for t in (q, k, v))  # -> (N, H, Lmax, D)
-    causal = torch.ones(longest, longest, dtype=torch.bool, device=q.device).tril()  # (Lmax, Lmax)
-    mask = causal[None, None] & valid[:, None, None, :]  # -> (N, 1, Lmax, Lmax)
+    # index_select rather than q[flat]: the same gather, with a cheaper backward (index_add)
+    q, k, v = (t.index_select(0, flat).unflatten(0, index.shape).transpose(1, 2) for t in (q, k, v))  # (N, H, Lmax, D)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
-    return out.transpose(1, 2)[valid]  # (N, Hq, Lmax, D) -> (N, Lmax, Hq, D) -> (T, Hq, D)
+    out = out.transpose(1, 2).flatten(0, 1)  # (N, Hq, Lmax, D) -> (N * Lmax, Hq, D)
+    return out.index_select(0, valid.reshape(-1).nonzero().squeeze(1))  # the real tokens, in order: (T, Hq, D)
 
 
 @functools.lru_cache(maxsize=8)
