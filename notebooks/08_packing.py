@@ -283,9 +283,12 @@ assert row["position_ids"][0, starts].tolist() == [0, 0]
 # sample and *j* is not after *i*. That is a causal mask cut into blocks along the
 # diagonal, built from `cu_seqlens` by `block_diagonal_causal_mask`. On a GPU,
 # FlashAttention's variable-length kernel never builds it: it runs each block directly, at a
-# cost of the sum of squared sample lengths. On a CPU, minivl runs PyTorch's
-# `scaled_dot_product_attention` with this mask, at a cost of `T` squared: keep `T` modest
-# there.
+# cost of the sum of squared sample lengths. PyTorch's `scaled_dot_product_attention` with
+# this mask (minivl's `sdpa` backend, used in this chapter to show the mask at work) costs
+# `T` squared. On a CPU minivl's default, `sdpa_segments`, does better without a kernel of its
+# own: it lays the row's samples out as a padded batch, one sample per row, and runs SDPA
+# with a plain causal mask, which inside each sample is exactly this one (its cost: samples
+# times the longest sample squared).
 
 # %%
 from minivl.train.attention import block_diagonal_causal_mask
@@ -525,10 +528,11 @@ model.eval()
 # **vision tower never sees padding**: tiles are concatenated, not padded, in every method,
 # so the ViT does the same work everywhere, and in the tiny model it is about a third of
 # the compute (a 112 px tile is 65 ViT tokens of width 128 for 16 LLM tokens of width 256);
-# halving the language model's work then gives about 1.6x at best. And on a CPU the packed
-# row's attention is SDPA with a dense (T, T) block mask: it pays for the whole 1024-token
-# square whatever the samples' own lengths, while a padded batch pays only for its longest
-# sample. Here that makes length grouping, at a similar utilisation, the faster of the two
+# halving the language model's work then gives about 1.6x at best. And the packed row's
+# attention here is the `sdpa` backend, SDPA with a dense (T, T) block mask: it pays for
+# the whole 1024-token square whatever the samples' own lengths, while a padded batch pays
+# only for its longest sample (`sdpa_segments`, the CPU default, avoids most of that; see
+# `benchmarks/attention.py`). Here that makes length grouping, at a similar utilisation, the faster of the two
 # (1.48x against 1.30x; the rounds agree within a few percent). On a GPU, a varlen kernel
 # (FlashAttention's, or `flex_attention`) pays only for each sample's own block, and packing
 # keeps the data order random, which length grouping does not.
