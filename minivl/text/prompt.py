@@ -241,8 +241,10 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "add_bos_token", False)) and getattr(tokenizer, "bos_token_id", None) is not None
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """The ids of each text without special tokens added, in one call: the same ids as one
+    call per text, in half the time with a fast tokenizer (one trip into its Rust side)."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def conversation_segments(
@@ -331,16 +333,17 @@ def preprocess_internvl2_5(
         convs[first]["value"] = IMAGE_PLACEHOLDER + "\n" + convs[first]["value"]
     convs = expand_image_placeholders(convs, [num_image_token * p for p in num_patches])
 
-    # Tokenize segment by segment (as the official code does), then mask.
-    header_len = len(_encode(tokenizer, get_template("internvl2_5").roles[1]))
+    # Tokenize segment by segment (as the official code does; one batched call), then mask.
+    roles_texts = conversation_segments(convs, system_message)
+    header, *encoded = _encode_many(tokenizer, [get_template("internvl2_5").roles[1]] + [t for _, t in roles_texts])
+    header_len = len(header)
     ids: list[int] = []
     labels: list[int] = []
     segments: list[tuple[str, int]] = []
     if _adds_bos(tokenizer):
         ids.append(int(tokenizer.bos_token_id))
         labels.append(IGNORE_TOKEN_ID)
-    for role, text in conversation_segments(convs, system_message):
-        seg = _encode(tokenizer, text)
+    for (role, _), seg in zip(roles_texts, encoded):
         if role == "assistant":
             # (len,) ids -> labels: mask '<|im_start|>assistant\n' and the final '\n'.
             seg_labels = [IGNORE_TOKEN_ID] * header_len + seg[header_len:-1] + [IGNORE_TOKEN_ID]
