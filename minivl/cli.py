@@ -35,7 +35,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from minivl.train.run import train_command
 
-    overrides = {"max_steps": args.max_steps} if args.max_steps else None
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("num_workers", args.num_workers)) if v is not None}
+    overrides = overrides or None
     train_command(args.config, overrides)
     return 0
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one stage from a YAML config (see configs/)")
     p.add_argument("config", help="a run config, e.g. configs/tiny/stage2.yaml")
     p.add_argument("--max-steps", type=int, default=None, help="override the stage's max_steps")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="override the stage's DataLoader worker processes per rank (0: load in the training process)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("chat", help="ask a trained model about images (streams the answer)")

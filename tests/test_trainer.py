@@ -142,3 +142,68 @@ def test_ddp_two_processes_equal_one(setup, tmp_path):
     assert (a["world"], b["world"]) == (1, 2)
     for k, v in a["state"].items():
         assert torch.allclose(v, b["state"][k], atol=1e-5), k
+
+
+def _assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], torch.Tensor):
+                assert torch.equal(x[key], y[key]), key
+            else:
+                assert x[key] == y[key], key
+
+
+def _tight_datasets(setup, max_length):
+    """The smoke suite's data sets with a token limit that makes some samples too long."""
+    cfg = DataConfig(image_size=112, num_image_token=16, max_dynamic_patch=2, max_length=max_length,
+                     min_num_frame=2, max_num_frame=2)
+    return build_datasets(setup["meta"], setup["tok"], cfg, names=["shape_qa", "caption", "chart", "text_only"])
+
+
+def test_map_loader_workers_give_the_same_batches_and_keep_the_skip_counts(setup):
+    """DataLoader workers build the batches ahead: the same batches in the same order, and the
+    samples they skip are counted in this process's data sets as without workers."""
+    inproc, workers = MixtureDataset(_tight_datasets(setup, 60)), MixtureDataset(_tight_datasets(setup, 60))
+    a = list(map_loader(inproc, 2, setup["collate"], seed=3)(0))
+    b = list(map_loader(workers, 2, setup["collate"], seed=3, num_workers=2)(0))
+    _assert_same_batches(a, b)
+    assert sum(inproc.skips.values()) > 0  # the limit bites, so the counts below mean something
+    assert workers.skips == inproc.skips
+    for d_in, d_w in zip(inproc.datasets, workers.datasets):
+        assert d_w.skip_examples.keys() == d_in.skip_examples.keys()
+    with pytest.raises(ValueError, match="num_workers"):
+        map_loader(inproc, 2, setup["collate"], num_workers=-1)
+
+
+def test_packed_loader_workers_pack_the_same_samples_and_keep_the_skip_counts(setup):
+    from minivl.data.packing import PackedDataset, packed_collate_fn
+    from minivl.train.trainer import packed_loader
+
+    tok = setup["tok"]
+    collate = functools.partial(packed_collate_fn, loss_reduction="square")
+
+    def loader(workers):
+        packed = PackedDataset(_tight_datasets(setup, 90), max_packed_tokens=64, num_images_expected=6, seed=0,
+                               img_start_token_id=tok.convert_tokens_to_ids("<img>"),
+                               img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
+        return packed, packed_loader(packed, collate, num_workers=workers)
+
+    (p0, l0), (p1, l1), (p2, l2) = loader(0), loader(1), loader(2)
+    rows0 = list(l0(1))
+    _assert_same_batches(rows0, list(l1(1)))  # one worker reads every shard: the same rows
+    rows2 = list(l2(1))  # two workers: each packs its own half, as in InternVL
+    assert sum(int(r["statistics"]["num_tokens"]) for r in rows2) == sum(int(r["statistics"]["num_tokens"])
+                                                                          for r in rows0)
+    skipped = [sum(sum(d.skips.values()) for d in p.sources) for p in (p0, p1, p2)]
+    assert skipped[0] > 0 and skipped == [skipped[0]] * 3
+    assert sum(p0.skip_counts.values()) > 0 and p1.skip_counts == p0.skip_counts == p2.skip_counts
+    with pytest.raises(ValueError, match="num_workers"):
+        get_stage("stage2", "tiny", num_workers=-2)
+
+
+def test_presets_use_internvl_dataloader_workers():
+    assert get_stage("stage1", "1b").num_workers == get_stage("stage2", "8b").num_workers == 8
+    assert get_stage("finetune_full", "2b").num_workers == get_stage("finetune_lora", "1b").num_workers == 4
+    assert all(get_stage(name, "tiny").num_workers == 0 for name in ("stage1", "stage2", "finetune_lora"))

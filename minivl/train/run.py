@@ -79,11 +79,13 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                                num_images_expected=stage.num_images_expected, max_buffer_size=stage.max_buffer_size,
                                seed=stage.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
                                img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
-        make_loader = packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction=stage.loss_reduction))
+        make_loader = packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction=stage.loss_reduction),
+                                    num_workers=stage.num_workers)
     else:
         collate = functools.partial(padded_collate_fn, pad_token_id=tok.pad_token_id,
                                     loss_reduction=stage.loss_reduction)
-        make_loader = map_loader(MixtureDataset(datasets), stage.batch_size, collate, seed=stage.seed)
+        make_loader = map_loader(MixtureDataset(datasets), stage.batch_size, collate, seed=stage.seed,
+                                 num_workers=stage.num_workers)
     result = train(model, make_loader, stage, output_dir=run.output_dir, progress=progress)
     print(skip_report(datasets))
     final = Path(run.output_dir) / "final"

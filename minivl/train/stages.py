@@ -85,6 +85,10 @@ class StageConfig:
     max_packed_tokens: int = 16384
     num_images_expected: int = 48
     max_buffer_size: int = 20
+    # DataLoader worker processes per rank building the batches (InternVL's
+    # dataloader_num_workers: 8 in its pre-training scripts, 4 in fine-tuning); 0 builds
+    # them in the training process, the right choice on a 2-core CPU
+    num_workers: int = 0
     mixed_precision: str = "auto"  # "auto" = bf16 on a GPU with bf16, else no (float32)
     gradient_checkpointing: bool = True
     lora: LoraSpec | None = None
@@ -105,6 +109,8 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r} trains nothing")
         if self.vision_lr_scale < 0:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
 
@@ -142,7 +148,7 @@ _STAGE2_STEPS = {"1b": 22000, "2b": 22000, "4b": 11000, "8b": 5500}
 # The cpu-scale budget: short stages on 2 cores, small packs of 112 px tiles.
 _TINY = dict(max_dynamic_patch=6, max_seq_length=1024, max_packed_tokens=1024, num_images_expected=24,
              max_buffer_size=20, mixed_precision="no", gradient_checkpointing=False, batch_size=1,
-             grad_accum=1, log_every=10)
+             grad_accum=1, log_every=10, num_workers=0)
 
 
 def _check_size(size: str) -> str:
@@ -156,7 +162,7 @@ def stage1(size: str = "1b") -> StageConfig:
     size = _check_size(size)
     cfg = StageConfig(name="stage1", train_vision=False, train_projector=True, train_llm=False, lr=2e-4,
                       weight_decay=_WEIGHT_DECAY[size], warmup_steps=100, warmup_ratio=0.0, max_steps=100000,
-                      drop_path_rate=0.0)
+                      drop_path_rate=0.0, num_workers=8)
     if size == "tiny":
         cfg = cfg.replace(lr=2e-3, warmup_steps=20, max_steps=300, **_TINY)
     return cfg
@@ -170,7 +176,7 @@ def stage1_5(size: str = "8b") -> StageConfig:
     size = _check_size(size)
     cfg = StageConfig(name="stage1_5", train_vision=True, train_projector=True, train_llm=False, lr=1e-5,
                       weight_decay=_WEIGHT_DECAY[size], warmup_steps=100, warmup_ratio=0.0, max_steps=100000,
-                      drop_path_rate=0.1, grad_accum=2)
+                      drop_path_rate=0.1, grad_accum=2, num_workers=8)
     if size == "tiny":
         cfg = cfg.replace(lr=1e-3, warmup_steps=20, max_steps=300, **_TINY)
     return cfg
@@ -181,7 +187,7 @@ def stage2(size: str = "1b") -> StageConfig:
     size = _check_size(size)
     cfg = StageConfig(name="stage2", train_vision=True, train_projector=True, train_llm=True, lr=4e-5,
                       weight_decay=_WEIGHT_DECAY[size], warmup_ratio=0.03,
-                      max_steps=_STAGE2_STEPS.get(size, 1000), drop_path_rate=0.1)
+                      max_steps=_STAGE2_STEPS.get(size, 1000), drop_path_rate=0.1, num_workers=8)
     if size == "tiny":
         cfg = cfg.replace(lr=1e-3, warmup_ratio=0.05, max_steps=400, **_TINY)
     return cfg
@@ -192,7 +198,8 @@ def finetune_full(size: str = "1b") -> StageConfig:
     size = _check_size(size)
     cfg = StageConfig(name="finetune_full", train_vision=False, train_projector=True, train_llm=True, lr=4e-5,
                       weight_decay=_WEIGHT_DECAY[size], warmup_ratio=0.03, max_steps=1000, drop_path_rate=0.1,
-                      packing=False, max_dynamic_patch=6, max_seq_length=8192, batch_size=4, grad_accum=4)
+                      packing=False, max_dynamic_patch=6, max_seq_length=8192, batch_size=4, grad_accum=4,
+                      num_workers=4)
     if size == "tiny":
         cfg = cfg.replace(lr=1e-3, max_steps=200, **{**_TINY, "max_dynamic_patch": 6})
         cfg = cfg.replace(packing=False, batch_size=8)

@@ -18,6 +18,7 @@ Explained in chapter 10 (notebooks/10_stage1_mlp_warmup.ipynb); multi-GPU in cha
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -394,13 +395,17 @@ def rewrite_log(output_dir: str | Path, history: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------
 
 def map_loader(dataset, batch_size: int, collate_fn: Callable, seed: int = 0, shuffle: bool = True,
-               rank: int | None = None, world_size: int | None = None) -> Callable[[int], Iterator[dict]]:
+               rank: int | None = None, world_size: int | None = None,
+               num_workers: int = 0) -> Callable[[int], Iterator[dict]]:
     """``make_loader(epoch)`` for a map-style data set: a seeded permutation per epoch, cut into
     global batches of ``batch_size * world_size``; rank r takes the r-th slice of each, so R
     processes see exactly the batches one process with an R times larger batch would.
 
     Samples the data set skipped (``None``) are dropped from their batch; a batch with nothing
-    left is skipped as a whole (both counted by the data set).
+    left is skipped as a whole (both counted by the data set). With ``num_workers > 0``,
+    that many DataLoader processes build the batches ahead, in the same order: the batches
+    are the same as with ``num_workers=0``, and the skips the workers count are added to the
+    data set's counters here.
     """
     if rank is None or world_size is None:
         dist = torch.distributed
@@ -410,31 +415,131 @@ def map_loader(dataset, batch_size: int, collate_fn: Callable, seed: int = 0, sh
     global_batch = batch_size * world_size
     if len(dataset) < global_batch:
         raise ValueError(f"the data set has {len(dataset)} samples, fewer than one global batch of {global_batch}")
+    _check_num_workers(num_workers)
+
+    collate_kept = functools.partial(_collate_kept, collate_fn)
 
     def make_loader(epoch: int) -> Iterator[dict]:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
                  if shuffle else list(range(len(dataset))))
-        for start in range(0, len(order) - global_batch + 1, global_batch):
-            mine = order[start + rank * batch_size: start + (rank + 1) * batch_size]
-            samples = [s for s in (dataset[i] for i in mine) if s is not None]
-            if samples:
-                yield collate_fn(samples)
+        batches = [order[start + rank * batch_size: start + (rank + 1) * batch_size]
+                   for start in range(0, len(order) - global_batch + 1, global_batch)]
+        if num_workers == 0:
+            for mine in batches:
+                batch = collate_kept([dataset[i] for i in mine])
+                if batch is not None:
+                    yield batch
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                            collate_fn=_WorkerCollate(collate_kept, dataset))
+        yield from _merge_worker_skips(loader, dataset)
 
     return make_loader
 
 
-def packed_loader(packed_dataset, collate_fn: Callable) -> Callable[[int], Iterator[dict]]:
+def packed_loader(packed_dataset, collate_fn: Callable, num_workers: int = 0) -> Callable[[int], Iterator[dict]]:
     """``make_loader(epoch)`` for a :class:`minivl.data.packing.PackedDataset` (one pack per batch;
-    the packed data set shards by rank and worker itself)."""
+    the packed data set shards by rank and worker itself).
+
+    With ``num_workers > 0`` (InternVL's ``dataloader_num_workers``: 8 in its pre-training
+    scripts, 4 in fine-tuning), that many DataLoader processes pack and collate rows ahead of
+    the training step; worker w of rank r reads shard ``r * num_workers + w`` of every data
+    set, as in InternVL, so the rows differ from ``num_workers=0`` (one worker gives the same
+    rows). The skips the workers count are added to the data sets' counters here. On a 2-core
+    CPU a worker only takes a core from the model: keep 0 there.
+    """
+    _check_num_workers(num_workers)
 
     def make_loader(epoch: int) -> Iterator[dict]:
         packed_dataset.set_epoch(epoch)
         for source in packed_dataset.sources:
             if hasattr(source, "set_epoch"):
                 source.set_epoch(epoch)
-        for pack in packed_dataset:
-            yield collate_fn([pack])
+        if num_workers == 0:
+            for pack in packed_dataset:
+                yield collate_fn([pack])
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(packed_dataset, batch_size=None, num_workers=num_workers,
+                            collate_fn=_WorkerCollate(functools.partial(_collate_one, collate_fn), packed_dataset))
+        yield from _merge_worker_skips(loader, packed_dataset)
 
     return make_loader
+
+
+def _collate_kept(collate_fn: Callable, samples: list) -> dict | None:
+    """``collate_fn`` of the samples that were not skipped, or None when none is left."""
+    kept = [s for s in samples if s is not None]
+    return collate_fn(kept) if kept else None
+
+
+def _collate_one(collate_fn: Callable, pack: dict) -> dict:
+    return collate_fn([pack])
+
+
+def _check_num_workers(num_workers: int) -> None:
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+
+
+def _skip_ledgers(dataset) -> list[tuple[Any, dict | None]]:
+    """The ``(Counter, examples)`` pairs in which a data pipeline counts what it skips: a
+    PackedDataset's own (samples too long to pack) and its sources', a MixtureDataset's data
+    sets', or one SupervisedDataset's."""
+    from collections import Counter
+
+    parts = []
+    if isinstance(getattr(dataset, "skip_counts", None), Counter):
+        parts.append(dataset)
+    members = getattr(dataset, "sources", None) or getattr(dataset, "datasets", None)
+    parts.extend(members if members is not None else [dataset])
+    ledgers = []
+    for part in parts:
+        counter = part.skip_counts if part is dataset and hasattr(part, "skip_counts") else vars(part).get("skips")
+        if isinstance(counter, Counter):
+            ledgers.append((counter, getattr(part, "skip_examples", None)))
+    return ledgers
+
+
+class _WorkerCollate:
+    """Collates in a DataLoader worker and returns ``(batch, skips)``: what the worker's copies
+    of the data sets skipped since its previous batch, ``[(ledger index, counts, examples)]``.
+
+    A worker process counts skips in its own copy of the data sets; without this the training
+    process's counters (``skip_report``) would miss every skip made in a worker.
+    """
+
+    def __init__(self, collate_fn: Callable, dataset) -> None:
+        self.collate_fn = collate_fn
+        self.dataset = dataset  # the same object as the worker's data set (one pickle, or a fork)
+        self.seen = [dict(counter) for counter, _ in _skip_ledgers(dataset)]
+
+    def __call__(self, items):
+        batch = self.collate_fn(items)
+        skips = []
+        for i, ((counter, examples), seen) in enumerate(zip(_skip_ledgers(self.dataset), self.seen)):
+            new = {reason: n - seen.get(reason, 0) for reason, n in counter.items() if n != seen.get(reason, 0)}
+            if new:
+                skips.append((i, new, dict(examples or {})))
+                seen.update(counter)
+        return batch, skips
+
+
+def _merge_worker_skips(loader, dataset) -> Iterator[dict]:
+    """The batches of a DataLoader of :class:`_WorkerCollate`, adding the workers' skips to
+    ``dataset``'s counters in this process; empty batches (``None``) are dropped."""
+    ledgers = _skip_ledgers(dataset)
+    for batch, skips in loader:
+        for i, new, examples in skips:
+            counter, own_examples = ledgers[i]
+            counter.update(new)
+            if own_examples is not None:
+                for reason, example in examples.items():
+                    own_examples.setdefault(reason, example)
+        if batch is not None:
+            yield batch
