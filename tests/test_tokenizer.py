@@ -180,3 +180,24 @@ def test_token_id_without_an_unknown_token_and_for_the_unknown_token_itself():
     assert token_id(plain, "[UNK]") == 0
     with pytest.raises(KeyError, match="no '<quad>' token"):
         token_id(plain, "<quad>")
+
+
+def test_load_tokenizer_beside_a_minivl_model_is_quiet(tok, tmp_path, caplog):
+    """A saved MiniVL keeps its tokenizer next to a config.json of model type "minivl", which
+    transformers does not know: loading the tokenizer must neither warn about it nor change."""
+    import json
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "minivl"}))
+    hf_logging.enable_propagation()  # transformers' records reach caplog's handler
+    try:
+        with caplog.at_level(logging.WARNING):
+            mine = load_tokenizer(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert "instantiate a model of type" not in caplog.text
+    text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\nHow many red circles?<|im_end|>\n"
+    assert mine(text)["input_ids"] == tok(text)["input_ids"] and len(mine) == len(tok)

@@ -249,7 +249,21 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False, 
                                                    "vocab.json")):
         raise FileNotFoundError(f"load_tokenizer: no tokenizer files (tokenizer.json, tokenizer_config.json, "
                                 f"tokenizer.model, vocab.json) in {path}")
+    if "config" not in kwargs and _model_type(path) == "minivl":
+        # AutoTokenizer reads config.json to learn the model type, and transformers does not
+        # know minivl's: it would warn on every load. The tokenizer's own files name its class.
+        from transformers import PretrainedConfig
+
+        kwargs["config"] = PretrainedConfig()
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
+
+
+def _model_type(path: Path) -> str | None:
+    """``model_type`` of the ``config.json`` in ``path``, or None (no file, unreadable)."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def add_internvl_tokens(tokenizer: Any) -> int:
