@@ -86,6 +86,8 @@ class Recipe:
     # the warm-started ViT learns at a tenth of the stage's lr: at the LLM's 2e-3 it forgets
     # what it knows faster than the LLM learns to read it (measured: shape_qa 36 % vs 55 %)
     vision_lr_scale: float = 0.1
+    # the projector's lr scale in every stage (1: the stage's lr, as in InternVL)
+    projector_lr_scale: float = 1.0
     # InternVL's 0.1 regularises a 24-layer ViT; a 2-layer one only gets noisier gradients
     drop_path_rate: float = 0.0
     # the fresh projector's last Linear (weight and bias) times this (see build_model). 1 keeps
@@ -272,7 +274,8 @@ def train_stage(ws: Workspace, model, name: str, steps: int, lr: float, progress
 
     r = ws.recipe
     stage = get_stage(name, "tiny", max_steps=steps, lr=lr, seed=r.seed, max_packed_tokens=r.max_packed_tokens,
-                      num_images_expected=r.num_images_expected, vision_lr_scale=r.vision_lr_scale)
+                      num_images_expected=r.num_images_expected, vision_lr_scale=r.vision_lr_scale,
+                      projector_lr_scale=r.projector_lr_scale)
     if stage.drop_path_rate:
         stage = stage.replace(drop_path_rate=r.drop_path_rate)
     return train_packed(ws, model, stage, output_dir=output_dir, progress=progress, names=names)

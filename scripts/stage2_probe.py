@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "colour be most of each image token's spread (default: the recipe's)")
     parser.add_argument("--vision-lr-scale", type=float, default=None,
                         help="the ViT's lr in stage 2 as a multiple of the stage's (default: the recipe's)")
+    parser.add_argument("--projector-lr-scale", type=float, default=None,
+                        help="the projector's lr over the stage's (with --oracle-vision, the oracle's codes' too)")
     parser.add_argument("--projector-init-scale", type=float, default=None,
                         help="multiply the fresh projector's last Linear by this (default: the recipe's)")
     parser.add_argument("--oracle-vision", action="store_true",
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "vit_warm_lr": args.vit_warm_lr, "vit_warm_steps": args.vit_warm_steps,
                  "vit_token_weight": args.vit_token_weight, "vit_prototype_weight": args.vit_prototype_weight,
                  "vit_share_weight": args.vit_share_weight, "vision_lr_scale": args.vision_lr_scale,
+                 "projector_lr_scale": args.projector_lr_scale,
                  "vision_layers": args.vision_layers}
     recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     ws = prepare(args.out, scale, recipe, progress=False)

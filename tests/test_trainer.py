@@ -54,6 +54,21 @@ def test_vision_lr_scale_gives_the_vit_its_own_group(setup):
         stage.replace(vision_lr_scale=-1.0)
 
 
+def test_projector_lr_scale_gives_the_projector_its_own_group(setup):
+    model = new_model(setup["tok"])
+    stage = get_stage("stage2", "tiny", lr=1e-3)
+    rest, projector = build_optimizer(model, stage.replace(projector_lr_scale=10.0)).param_groups
+    assert rest["lr"] == 1e-3 and projector["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in projector["params"]} == {id(p) for p in model.mlp1.parameters()}
+    rest, vision, projector = build_optimizer(model, stage.replace(vision_lr_scale=0.1,
+                                                                   projector_lr_scale=3.0)).param_groups
+    assert (rest["lr"], vision["lr"], projector["lr"]) == pytest.approx((1e-3, 1e-4, 3e-3))
+    assert {id(p) for p in vision["params"]} == {id(p) for p in model.vision_model.parameters()}
+    assert len(rest["params"]) + len(vision["params"]) + len(projector["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="projector_lr_scale"):
+        stage.replace(projector_lr_scale=-0.5)
+
+
 @pytest.mark.parametrize("stage_name,changed", [
     ("stage1", {"mlp1"}),
     ("stage1_5", {"vision_model", "mlp1"}),

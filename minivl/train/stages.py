@@ -68,6 +68,7 @@ class StageConfig:
     train_llm: bool = True
     lr: float = 4e-5
     vision_lr_scale: float = 1.0  # the ViT's lr = lr * vision_lr_scale (1 in every InternVL preset)
+    projector_lr_scale: float = 1.0  # the projector's lr = lr * projector_lr_scale (1 in every InternVL preset)
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -109,6 +110,8 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r} trains nothing")
         if self.vision_lr_scale < 0:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+        if self.projector_lr_scale < 0:
+            raise ValueError(f"projector_lr_scale must be >= 0, got {self.projector_lr_scale}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:

@@ -123,18 +123,23 @@ def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimiz
 
     With ``stage.vision_lr_scale != 1`` the ViT's parameters (``vision_model.*``) get their own
     group at ``lr * vision_lr_scale`` (a lower learning rate for a pretrained vision tower, as
-    LLaVA-OneVision does; InternVL's presets keep 1).
+    LLaVA-OneVision does; InternVL's presets keep 1), and with ``stage.projector_lr_scale != 1``
+    the projector's (``mlp1.*``) at ``lr * projector_lr_scale``.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError(f"stage {stage.name!r}: no trainable parameters")
     kwargs = {"betas": stage.betas, "eps": 1e-8, "weight_decay": stage.weight_decay}
-    if stage.vision_lr_scale == 1.0:
+    scales = {"vision_model": stage.vision_lr_scale, "mlp1": stage.projector_lr_scale}
+    scales = {tower: scale for tower, scale in scales.items() if scale != 1.0}
+    if not scales:
         return torch.optim.AdamW([p for _, p in named], lr=stage.lr, **kwargs)
-    vision = [p for n, p in named if n.split(".")[0] == "vision_model" or ".vision_model." in n]
-    ids = {id(p) for p in vision}
-    groups = [{"params": [p for _, p in named if id(p) not in ids], "lr": stage.lr},
-              {"params": vision, "lr": stage.lr * stage.vision_lr_scale}]
+
+    def tower(name: str) -> str | None:
+        return next((t for t in scales if name.split(".")[0] == t or f".{t}." in name), None)
+
+    groups = [{"params": [p for n, p in named if tower(n) is None], "lr": stage.lr}]
+    groups += [{"params": [p for n, p in named if tower(n) == t], "lr": stage.lr * scale} for t, scale in scales.items()]
     return torch.optim.AdamW([g for g in groups if g["params"]], **kwargs)
 
 
