@@ -86,7 +86,9 @@ class Recipe:
     # the warm-started ViT learns at a tenth of the stage's lr: at the LLM's 2e-3 it forgets
     # what it knows faster than the LLM learns to read it (measured: shape_qa 36 % vs 55 %)
     vision_lr_scale: float = 0.1
-    # the projector's lr scale in every stage (1: the stage's lr, as in InternVL)
+    # the projector's lr scale in every stage (1: the stage's lr, as in InternVL). 10 taught
+    # frozen oracle codes to count a named kind (stage-2 probe, seed 1: 62 -> 98 %), not the
+    # real ViT's tokens (seed 0: shape_qa 63.2 -> 63.5 %, colour 61 -> 63 %, a named kind 45 -> 52 %)
     projector_lr_scale: float = 1.0
     # InternVL's 0.1 regularises a 24-layer ViT; a 2-layer one only gets noisier gradients
     drop_path_rate: float = 0.0
