@@ -29,6 +29,7 @@ SCORED_TASKS = ("shape_qa", "small_text", "chart", "grounding", "multi_image", "
 METRIC = {"shape_qa": "exact", "small_text": "exact", "multi_image": "exact", "video": "exact",
           "chart": "relaxed", "grounding": "iou@0.5", "reasoning": "choice"}
 _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+OPTION_LETTERS = "ABCDEFGH"  # the letters of a multiple-choice record's options, in order
 
 
 @dataclass
@@ -157,7 +158,7 @@ def option_rank_rule(meta: str | Path, rank: int = 1, task: str = "reasoning") -
         except (TypeError, ValueError):
             continue
         chosen = sorted(range(len(values)), key=values.__getitem__)[rank]
-        right += "ABCDEFGH"[chosen] == letter
+        right += OPTION_LETTERS[chosen] == letter
         total += 1
     if total == 0:
         raise ValueError(f"option_rank_rule: no record of {task!r} in {meta} has numeric options "
@@ -193,7 +194,7 @@ def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]
         box = parse_box(response, width, height)
         gold_box = parse_box(gold, width, height)
         return (float(box_iou(box, gold_box) >= 0.5) if box is not None else 0.0), box is not None
-    letters = "ABCDEFGH"[: len(meta["options"])]
+    letters = OPTION_LETTERS[: len(meta["options"])]
     choice = extract_choice(response, dict(zip(letters, meta["options"]))).answer
     return float(choice == meta["answer_letter"]), choice is not None
 

@@ -112,8 +112,7 @@ class StageConfig:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
         if self.projector_lr_scale < 0:
             raise ValueError(f"projector_lr_scale must be >= 0, got {self.projector_lr_scale}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        check_num_workers(self.num_workers)
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
 
@@ -152,6 +151,12 @@ _STAGE2_STEPS = {"1b": 22000, "2b": 22000, "4b": 11000, "8b": 5500}
 _TINY = dict(max_dynamic_patch=6, max_seq_length=1024, max_packed_tokens=1024, num_images_expected=24,
              max_buffer_size=20, mixed_precision="no", gradient_checkpointing=False, batch_size=1,
              grad_accum=1, log_every=10, num_workers=0)
+
+
+def check_num_workers(num_workers: int) -> None:
+    """Raise unless ``num_workers`` (DataLoader worker processes) is an integer >= 0."""
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
 
 
 def _check_size(size: str) -> str:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from minivl.train.loss import global_loss_denominator, token_loss_weights
-from minivl.train.stages import LORA_TARGETS, StageConfig
+from minivl.train.stages import LORA_TARGETS, StageConfig, check_num_workers
 
 # Keys a batch may carry that are not model inputs.
 _NON_MODEL_KEYS = {"labels", "loss_weight", "statistics", "data_index", "sample_ids"}
@@ -420,7 +420,7 @@ def map_loader(dataset, batch_size: int, collate_fn: Callable, seed: int = 0, sh
     global_batch = batch_size * world_size
     if len(dataset) < global_batch:
         raise ValueError(f"the data set has {len(dataset)} samples, fewer than one global batch of {global_batch}")
-    _check_num_workers(num_workers)
+    check_num_workers(num_workers)
 
     collate_kept = functools.partial(_collate_kept, collate_fn)
 
@@ -457,7 +457,7 @@ def packed_loader(packed_dataset, collate_fn: Callable, num_workers: int = 0) ->
     rows). The skips the workers count are added to the data sets' counters here. On a 2-core
     CPU a worker only takes a core from the model: keep 0 there.
     """
-    _check_num_workers(num_workers)
+    check_num_workers(num_workers)
 
     def make_loader(epoch: int) -> Iterator[dict]:
         packed_dataset.set_epoch(epoch)
@@ -485,11 +485,6 @@ def _collate_kept(collate_fn: Callable, samples: list) -> dict | None:
 
 def _collate_one(collate_fn: Callable, pack: dict) -> dict:
     return collate_fn([pack])
-
-
-def _check_num_workers(num_workers: int) -> None:
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
 
 
 def _skip_ledgers(dataset) -> list[tuple[Any, dict | None]]:
