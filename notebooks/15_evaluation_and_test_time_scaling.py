@@ -153,7 +153,7 @@ per_task = pick(smoke=4, cpu=None, gpu=None)
 t0 = time.perf_counter()
 scores = evaluate_suite(model, tok, TEST_META, per_task=per_task, details=True)
 eval_seconds = time.perf_counter() - t0
-baseline = majority_baseline(TRAIN_META)
+baseline = majority_baseline(TRAIN_META, eval_meta=TEST_META)
 train_meta, test_meta = read_meta(TRAIN_META), read_meta(TEST_META)
 letters = Counter(r.extra["meta"]["answer_letter"] for r in train_meta["reasoning"].read_records(strict=False)[0])
 top_letter = letters.most_common(1)[0][0]

@@ -215,3 +215,89 @@ def test_option_rank_rule_on_a_generated_split_beats_a_guess(tmp_path):
     shares = [option_rank_rule(tmp_path / "meta.json", rank=r)[0] for r in range(4)]
     assert sum(shares) == pytest.approx(1.0)  # every record has exactly one right rank
     assert shares[1] > 0.4 and shares[3] < 0.1
+
+
+def _multi_turn_meta(tmp_path, name="train", images=True):
+    """Two three-turn shape_qa records (per-turn scene meta, as the suite's training split
+    writes them) and one single-turn record; distinct questions, so an oracle can answer."""
+    from PIL import Image
+
+    qas = [[("How many circles are there?", "2", "count"), ("What colour is the square?", "red", "colour"),
+            ("Where is the square?", "left", "position")],
+           [("How many shapes are there?", "3", "count"), ("What colour is the triangle?", "blue", "colour"),
+            ("How many red shapes are there?", "0", "count")],
+           [("Where is the diamond?", "top", "position")]]
+    lines = []
+    for i, turns in enumerate(qas):
+        if images:
+            Image.new("RGB", (112, 112), (200, 200, 200)).save(tmp_path / f"{i}.png")
+        conversations = []
+        for j, (q, a, _) in enumerate(turns):
+            conversations += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]
+        meta = {"question_type": turns[0][2], "answer": turns[0][1], "shapes": [{"kind": "square", "colour": "red"}],
+                "turns": [{"question_type": t, "question": q, "answer": a} for q, a, t in turns]}
+        lines.append(json.dumps({"id": f"shape_qa-{name}-{i:06d}", "image": f"{i}.png", "conversations": conversations,
+                                 "meta": meta}))
+    (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / f"{name}.json").write_text(json.dumps(
+        {"shape_qa": {"root": ".", "annotation": f"{name}.jsonl", "length": 3, "max_dynamic_patch": 1}}))
+    return tmp_path / f"{name}.json", qas
+
+
+def test_single_turns_splits_a_conversation_into_its_questions():
+    from minivl.eval.suite import single_turns
+
+    record = parse_record({"id": "shape_qa-train-000007", "image": "x.png", "conversations": [
+        {"from": "system", "value": "be brief"},
+        {"from": "human", "value": "<image>\nHow many circles are there?"}, {"from": "gpt", "value": "2"},
+        {"from": "human", "value": "What colour is the square?"}, {"from": "gpt", "value": "red"}],
+        "meta": {"question_type": "count", "answer": "2", "shapes": [],
+                 "turns": [{"question_type": "count", "answer": "2"}, {"question_type": "colour", "answer": "red"}]}})
+    first, second = single_turns(record)
+    assert [t["value"] for t in first.turns] == ["<image>\nHow many circles are there?", "2"]
+    assert [t["value"] for t in second.turns] == ["<image>\nWhat colour is the square?", "red"]
+    assert first.system == second.system == "be brief"
+    assert (first.id, second.id) == ("shape_qa-train-000007#0", "shape_qa-train-000007#1")
+    assert second.extra["meta"]["question_type"] == "colour" and second.extra["meta"]["answer"] == "red"
+    assert second.extra["meta"]["shapes"] == [] and record.extra["meta"]["question_type"] == "count"  # a copy
+    assert single_turns(first) == [first]  # a single-turn record stays as it is
+    # without one meta entry per turn, the record-level meta is kept
+    record.extra["meta"]["turns"] = record.extra["meta"]["turns"][:1]
+    assert single_turns(record)[1].extra["meta"]["question_type"] == "count"
+
+
+def test_evaluate_suite_asks_every_question_of_a_multi_turn_record(tmp_path):
+    from minivl.eval.suite import commonest_colour_rule
+
+    meta, qas = _multi_turn_meta(tmp_path)
+    gold = {f"<image>\n{q}": a for turns in qas for q, a, _ in turns}
+    out = evaluate_suite(Oracle(gold), None, meta, tasks=["shape_qa"], batch_size=4, details=True)["tasks"]["shape_qa"]
+    # 7 questions in batches of 4 and 3, the first answer of each batch wrong: 5 / 7 (asking
+    # the first question and scoring it against the last answer gave 1 / 3)
+    assert out.n == 7 and out.score == pytest.approx(5 / 7)
+    # wrong: rec 0's count question (batch 1) and rec 1's colour question (batch 2)
+    assert out.by_type == {"colour": (0.5, 2), "count": (pytest.approx(2 / 3), 3), "position": (1.0, 2)}
+    assert evaluate_suite(Oracle(gold), None, meta, tasks=["shape_qa"], per_task=2)["shape_qa"] == pytest.approx(0.5)
+    # both colour questions (turn 2 of each record) are seen; the only shape is red
+    assert commonest_colour_rule(meta) == (pytest.approx(0.5), 2)
+
+
+def test_majority_baseline_counts_every_turn_and_scores_the_other_split(tmp_path):
+    train, _ = _multi_turn_meta(tmp_path, images=False)
+    # answers 2, red, left, 3, blue, 0, top: all once; add a record answering "red" twice
+    extra = {"id": "shape_qa-train-000009", "image": "9.png", "meta": {},
+             "conversations": [{"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": "red"},
+                               {"from": "human", "value": "What colour is the square?"}, {"from": "gpt", "value": "Red"}]}
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write(json.dumps(extra) + "\n")
+    # "red" twice among 9 answers ("Red" is another string in the count, the same answer when scored)
+    assert majority_baseline(train) == {"shape_qa": pytest.approx(2 / 9)}
+    lines = [json.dumps({"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                             {"from": "gpt", "value": a}]}) for a in ("Red", "blue", "red.", "0")]
+    (tmp_path / "test.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.json").write_text(json.dumps({"shape_qa": {"root": ".", "annotation": "test.jsonl", "length": 4}}))
+    assert majority_baseline(train, eval_meta=tmp_path / "test.json") == {"shape_qa": pytest.approx(2 / 4)}
+    assert majority_baseline(tmp_path / "test.json") == {"shape_qa": pytest.approx(1 / 4)}
+    with pytest.raises(KeyError, match="not in"):
+        (tmp_path / "other.json").write_text(json.dumps({"video": {"root": ".", "annotation": "test.jsonl", "length": 4}}))
+        majority_baseline(train, eval_meta=tmp_path / "other.json")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,13 @@ def commonest_colour_rule(meta: str | Path, task: str = "shape_qa") -> tuple[flo
     """``(accuracy, questions)`` of a rule that answers every colour question of ``meta``'s
     ``task`` with the colour most shapes in the image have (a tie split evenly among
     the tied colours): what a model scores that sees the image's colours but not which shape
-    the question names. Questions are read from each record's scene (``meta``); records
-    without one are left out. Chapter 15."""
+    the question names. Questions are read from each record's scene (``meta``), every turn of a
+    multi-turn record (:func:`single_turns`); records without one are left out. Chapter 15."""
     from collections import Counter
 
     records = read_meta(meta)[task].read_records(strict=False)[0]
     total, right = 0, 0.0
-    for record in records:
+    for record in (t for r in records for t in single_turns(r)):
         scene = record.extra.get("meta", {})
         if scene.get("question_type") != "colour" or not scene.get("shapes"):
             continue
@@ -181,6 +181,42 @@ def format_grouped(by_group: dict[Hashable, tuple[float, int]], rows: Sequence[t
     return "\n".join(lines)
 
 
+def single_turns(record: Record) -> list[Record]:
+    """A record's questions, each as a single-turn record, the way the held-out splits ask them.
+
+    A multi-turn record (the suite's training ``shape_qa`` asks three questions about one image)
+    becomes one record per human / gpt pair: question ``j`` gets the first question's image
+    placeholders in front (``<image>\\n``; they sit in the first turn only) and no history, its
+    answer is turn ``j``'s, and the scene ``meta`` takes turn ``j``'s entry of ``meta["turns"]``
+    (its ``question_type``, ``question`` and ``answer``) where the record has one per turn. A
+    single-turn record is returned as it is. Ids get ``#j`` appended (``#0`` for the first).
+    """
+    turns = record.turns
+    if len(turns) <= 2:
+        return [record]
+    if len(turns) % 2:
+        raise ValueError(f"single_turns: record {record.id!r} ends with a human turn ({len(turns)} turns)")
+    placeholder = "<video>" if record.kind == "video" else "<image>"
+    prefix = f"{placeholder}\n" * turns[0]["value"].count(placeholder)
+    meta = record.extra.get("meta", {})
+    per_turn = meta.get("turns") if isinstance(meta.get("turns"), list) else None
+    if per_turn is not None and len(per_turn) != len(turns) // 2:
+        per_turn = None
+    out = []
+    for j in range(len(turns) // 2):
+        question, answer = turns[2 * j]["value"], turns[2 * j + 1]["value"]
+        if j and placeholder not in question:
+            question = prefix + question
+        extra = dict(record.extra)
+        if per_turn is not None:
+            extra["meta"] = {**meta, **per_turn[j]}
+        system = [] if record.system is None else [record.conversations[0]]
+        out.append(replace(record, conversations=[*system, {"from": "human", "value": question},
+                                                  {"from": "gpt", "value": answer}],
+                           id=f"{record.id}#{j}" if record.id is not None else None, extra=extra))
+    return out
+
+
 def score_answer(task: str, response: str, record: Record) -> tuple[float, bool]:
     """(score in [0, 1], parseable) of one response to one record of ``task``."""
     gold = record.conversations[-1]["value"]
@@ -226,7 +262,10 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
                    per_task: int | None = None, max_num: int | None = None, batch_size: int = 16,
                    max_new_tokens: int = 96, progress: bool = False, details: bool = False,
                    group_by: Callable[[Record], Hashable | None] | None = None) -> dict[str, Any]:
-    """Greedy answers of ``model`` on the first ``per_task`` records of each task of ``meta``.
+    """Greedy answers of ``model`` on the first ``per_task`` questions of each task of ``meta``.
+
+    Every question of a multi-turn record is asked on its own (:func:`single_turns`), so a
+    training split can be scored the way the held-out splits are.
 
     ``max_num`` overrides every task's tile budget (e.g. 1 to see what dynamic tiling buys).
     Returns ``{task: score, ..., "all": mean}``, or with ``details`` the :class:`TaskScore` of
@@ -247,7 +286,7 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
     results: dict[str, TaskScore] = {}
     for task in tasks:
         m = metas[task]
-        records = m.read_records(strict=False)[0][: per_task or None]
+        records = [t for r in m.read_records(strict=False)[0] for t in single_turns(r)][: per_task or None]
         total, unparseable, examples = 0.0, 0, []
         type_sums: dict[str, list[float]] = defaultdict(list)
         group_sums: dict[Hashable, list[float]] = defaultdict(list)
@@ -292,15 +331,35 @@ def evaluate_suite(model, tokenizer, meta: str | Path, tasks: Sequence[str] | No
     return out
 
 
-def majority_baseline(meta: str | Path, tasks: Sequence[str] | None = None) -> dict[str, float]:
-    """The score of always giving each task's most common training answer (exact-match tasks)."""
+def majority_baseline(meta: str | Path, tasks: Sequence[str] | None = None,
+                      eval_meta: str | Path | None = None) -> dict[str, float]:
+    """The score of always giving each task's most common answer in ``meta`` (exact-match tasks).
+
+    Every answer of a multi-turn record counts. Scored on ``eval_meta`` when given (pass the
+    training split as ``meta`` and the held-out split as ``eval_meta`` for "the most common
+    training answer", a baseline a model could learn), else on ``meta`` itself (the share of its
+    most common answer: on a held-out split, what a constant answer scores at best).
+    """
     from collections import Counter
 
     metas = read_meta(meta)
+    targets = read_meta(eval_meta) if eval_meta is not None else metas
     out = {}
     for task in tasks or [t for t in SCORED_TASKS if t in metas and METRIC[t] == "exact"]:
-        answers = Counter(r.conversations[-1]["value"] for r in metas[task].read_records(strict=False)[0])
-        out[task] = answers.most_common(1)[0][1] / sum(answers.values())
+        answers = Counter(t["value"] for r in metas[task].read_records(strict=False)[0]
+                          for t in r.turns if t["from"] == "gpt")
+        if not answers:
+            raise ValueError(f"majority_baseline: no answers of {task!r} in {meta}")
+        top = answers.most_common(1)[0][0]
+        if eval_meta is None:
+            out[task] = answers[top] / sum(answers.values())
+            continue
+        if task not in targets:
+            raise KeyError(f"majority_baseline: {task!r} is not in {eval_meta}")
+        gold = [t["value"] for r in targets[task].read_records(strict=False)[0] for t in r.turns if t["from"] == "gpt"]
+        if not gold:
+            raise ValueError(f"majority_baseline: no answers of {task!r} in {eval_meta}")
+        out[task] = sum(exact_match(top, g) for g in gold) / len(gold)
     return out
 
 
