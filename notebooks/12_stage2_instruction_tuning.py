@@ -308,7 +308,8 @@ for name, m in adapted.items():
 #   model now depends on what it sees. It does not read small text or draw boxes yet: a
 #   0.7M-parameter model trained for minutes on a CPU is not a capable assistant, but it has
 #   started to look, which the warm-started ViT of chapter 10 makes possible. The quickstart
-#   runs the same stage for 7,000 steps and reaches 59.0 % on shape_qa. A shorter run is a
+#   runs the same stage for 7,000 steps and reaches 59-63 % on shape_qa (the digits move with
+#   the CPU's float kernels, README). A shorter run is a
 #   gamble at this size: with an earlier, weaker ViT warm start, the same stage for 1000 steps
 #   at lr 2e-3 ended at 23.5 %, below where it started, with blank images costing nothing,
 #   before the model had begun to look.
