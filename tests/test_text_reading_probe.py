@@ -67,3 +67,29 @@ def test_metrics_score_a_perfect_reader_fully_and_a_blind_one_not_at_all(probe):
     expected = present[..., :2].sum().item() / present.sum().item()
     assert blind["recall"] == pytest.approx(expected) and blind["recall"] < 0.2
     assert blind["token_exact"] < 0.1
+
+
+def test_word_tiles_print_the_labelled_answer_and_a_canvas_shrinks_it(probe):
+    from minivl.data.synthetic.small_text import WORDS
+
+    assert len(probe.ANSWERS) == len(WORDS) + 90 and probe.ANSWERS[-1] == "99"
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def ink_pixels(pixels):  # per tile, the pixels darker than mid-grey
+        return (((pixels * std + mean) * 255).mean(1) < 150).flatten(1).sum(1).float()
+
+    tile, labels = probe.render_word_tiles(48, image_size=112, font_size=20, seed=0)
+    again, same = probe.render_word_tiles(48, image_size=112, font_size=20, seed=0)
+    assert torch.equal(tile, again) and torch.equal(labels, same) and tile.shape == (48, 3, 112, 112)
+    assert labels.min() >= 0 and labels.max() < len(probe.ANSWERS) and len(set(labels.tolist())) > 20
+    assert (ink_pixels(tile) > 20).all()  # every tile shows its answer
+    # the same answers printed on small_text's 448 px canvas and squeezed into one tile: a 4x
+    # downscale leaves about a sixteenth of the ink, and little of it dark
+    thumb, _ = probe.render_word_tiles(48, image_size=112, font_size=20, seed=0, canvas=448)
+    assert ink_pixels(thumb).mean() < ink_pixels(tile).mean() / 4
+    with pytest.raises(ValueError, match="does not fit"):
+        probe.render_word_tiles(2, image_size=112, font_size=90, seed=0)
+    # the head takes the strongest patch token: a logit per answer
+    head = probe.WordHead(8)
+    hidden = torch.zeros(2, 1 + 64, 8)
+    assert head(hidden).shape == (2, len(probe.ANSWERS))
