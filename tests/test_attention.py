@@ -540,3 +540,19 @@ def test_bidirectional_layers_are_refused():
         attn.packed_attention_forward(
             vision_layer, q, k, v, None, cu_seqlens=cu_seqlens_from_lengths(LENGTHS)
         )
+
+
+def test_the_automatic_backend_under_torch_compile_is_the_eager_one():
+    """Traced by torch.compile, the varlen probe used to run on fake tensors, 'succeed' on the CPU
+    and send the compiled call to a CUDA-only kernel (NotImplementedError)."""
+    from minivl.train.attention import select_backend, varlen_attention
+
+    def attend(q, k, v, cu):
+        return varlen_attention(q, k, v, cu, backend=select_backend(q.device, q.dtype))
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(10, 2, 8) for _ in range(3))
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend="eager")  # dynamo's tracing alone: no C++ build needed
+    assert torch.allclose(compiled(q, k, v, cu), attend(q, k, v, cu), atol=1e-6)

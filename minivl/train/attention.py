@@ -202,9 +202,13 @@ def _check_cu_seqlens(cu_seqlens: torch.Tensor, total: int | None = None) -> tor
 # --------------------------------------------------------------------------------------
 
 
+@torch.compiler.disable  # under torch.compile the probe would run on fake tensors and always "work"
 @functools.cache
 def _probe_torch_varlen(device_type: str, dtype: torch.dtype) -> str | None:
-    """Run ``varlen_attn`` once on 4 tokens; None if it works, else the reason it does not."""
+    """Run ``varlen_attn`` once on 4 tokens; None if it works, else the reason it does not.
+
+    Always run eagerly, on real tensors: traced by ``torch.compile`` the call would succeed on
+    any device, and a compiled model would pick a kernel its device does not have."""
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
