@@ -6,7 +6,7 @@ Each task isolates one capability the InternVL 2.5 report cares about (DESIGN se
 |---|---|---|
 | ``caption`` | ``scenes`` | basic perception (stage 1 alignment) |
 | ``shape_qa`` | ``scenes`` | count / colour / position questions |
-| ``small_text`` | ``small_text`` | high resolution: dynamic tiling beats one tile |
+| ``small_text`` | ``small_text`` | high resolution: dynamic tiling versus one tile |
 | ``chart`` | ``charts`` | reading bar / line charts and forms |
 | ``grounding`` | ``scenes`` | ``<ref>``/``<box>`` answers in 0-1000 coordinates |
 | ``multi_image`` | ``multi_image`` | ``Image-k`` numbering, tile budgets |
