@@ -301,3 +301,28 @@ def test_majority_baseline_counts_every_turn_and_scores_the_other_split(tmp_path
     with pytest.raises(KeyError, match="not in"):
         (tmp_path / "other.json").write_text(json.dumps({"video": {"root": ".", "annotation": "test.jsonl", "length": 4}}))
         majority_baseline(train, eval_meta=tmp_path / "other.json")
+
+
+def test_option_set_rule_learns_which_value_of_a_set_is_right(tmp_path):
+    from minivl.eval.suite import option_set_rule
+
+    def write(name, rows):
+        lines = [json.dumps({"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                                 {"from": "gpt", "value": letter}],
+                             "meta": {"options": options, "answer_letter": letter}}) for options, letter in rows]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"reasoning": {"root": ".", "annotation": f"{name}.jsonl",
+                                                                         "length": len(rows)}}))
+        return tmp_path / f"{name}.json"
+
+    # in training, the set {1, 2, 3, 5} had 3 right twice and 5 once; {0, 1, 2, 3} had 0 right
+    train = write("train", [(["1", "2", "3", "5"], "C"), (["5", "3", "2", "1"], "B"), (["2", "5", "1", "3"], "B"),
+                            (["0", "1", "2", "3"], "A"), (["x", "y", "z", "w"], "A")])  # not numeric: left out
+    test = write("test", [(["3", "1", "5", "2"], "A"),   # seen set: 3 chosen, right
+                          (["5", "1", "2", "3"], "A"),   # seen set: 3 chosen, 5 was right: wrong
+                          (["3", "2", "1", "0"], "D"),   # seen set, letters shuffled: 0 chosen, right
+                          (["7", "4", "6", "9"], "C")])  # unseen: the second smallest, 6, right
+    assert option_set_rule(train, test) == (pytest.approx(3 / 4), 4)
+    assert option_set_rule(train, test, fallback_rank=0) == (pytest.approx(2 / 4), 4)  # 4, wrong
+    with pytest.raises(ValueError, match="no record"):
+        option_set_rule(train, write("empty", [(["x", "y", "z", "w"], "A")]))

@@ -146,16 +146,9 @@ def option_rank_rule(meta: str | Path, rank: int = 1, task: str = "reasoning") -
     """
     if rank < 0:
         raise ValueError(f"option_rank_rule: rank must be >= 0, got {rank}")
-    records = read_meta(meta)[task].read_records(strict=False)[0]
     total, right = 0, 0
-    for record in records:
-        info = record.extra.get("meta", {})
-        options, letter = info.get("options"), info.get("answer_letter")
-        if not options or letter is None or rank >= len(options):
-            continue
-        try:
-            values = [float(v) for v in options]
-        except (TypeError, ValueError):
+    for values, letter in _numeric_choices(meta, task):
+        if rank >= len(values):
             continue
         chosen = sorted(range(len(values)), key=values.__getitem__)[rank]
         right += OPTION_LETTERS[chosen] == letter
@@ -164,6 +157,51 @@ def option_rank_rule(meta: str | Path, rank: int = 1, task: str = "reasoning") -
         raise ValueError(f"option_rank_rule: no record of {task!r} in {meta} has numeric options "
                          f"(at least {rank + 1}) and an answer letter")
     return right / total, total
+
+
+def _numeric_choices(meta: str | Path, task: str) -> list[tuple[list[float], str]]:
+    """``(option values, right letter)`` of every multiple-choice record of ``meta``'s ``task``
+    whose meta has numeric ``options`` and an ``answer_letter``."""
+    out = []
+    for record in read_meta(meta)[task].read_records(strict=False)[0]:
+        info = record.extra.get("meta", {})
+        options, letter = info.get("options"), info.get("answer_letter")
+        if not options or letter is None:
+            continue
+        try:
+            out.append(([float(v) for v in options], letter))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def option_set_rule(train_meta: str | Path, eval_meta: str | Path, task: str = "reasoning",
+                    fallback_rank: int = 1) -> tuple[float, int]:
+    """``(accuracy, records)`` on ``eval_meta`` of the best blind rule a training split teaches:
+    for each *set* of option values seen in ``train_meta``, pick the value that was most often
+    the right one there (ties: the value seen right first); for a set never seen, the
+    ``fallback_rank``-th smallest option (:func:`option_rank_rule`).
+
+    It never looks at the image or reads the question, only at the numbers offered, so whatever
+    it scores above a guess is a leak of the option values. Chapter 15.
+    """
+    from collections import Counter
+
+    right_values: dict[tuple[float, ...], Counter] = {}
+    for values, letter in _numeric_choices(train_meta, task):
+        right_values.setdefault(tuple(sorted(values)), Counter())[values[OPTION_LETTERS.index(letter)]] += 1
+    records = _numeric_choices(eval_meta, task)
+    if not records:
+        raise ValueError(f"option_set_rule: no record of {task!r} in {eval_meta} has numeric options and an answer letter")
+    right = 0
+    for values, letter in records:
+        seen = right_values.get(tuple(sorted(values)))
+        if seen:
+            chosen = values.index(seen.most_common(1)[0][0])
+        else:
+            chosen = sorted(range(len(values)), key=values.__getitem__)[min(fallback_rank, len(values) - 1)]
+        right += OPTION_LETTERS[chosen] == letter
+    return right / len(records), len(records)
 
 
 def format_grouped(by_group: dict[Hashable, tuple[float, int]], rows: Sequence[tuple[Any, str]],
