@@ -216,12 +216,13 @@ def main() -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if (step % (args.steps // 4) == 0 or step == args.steps) and args.words:
+        report = step % (args.steps // 4) == 0 or step == args.steps
+        if report and args.words:
             print(f"step {step}: loss {loss.item():.4f}; answers named rightly: held out "
                   f"{word_accuracy(vit, head, held_pixels, held_labels):.1%}, training tiles "
                   f"{word_accuracy(vit, head, pixels[:512], labels[:512]):.1%} (by chance {1 / len(ANSWERS):.1%})",
                   flush=True)
-        elif step % (args.steps // 4) == 0 or step == args.steps:
+        elif report:
             m = reading_metrics(vit, head, held_pixels, held_labels)
             print(f"step {step}: loss {loss.item():.4f}; held out: characters found {m['recall']:.1%}, "
                   f"named rightly {m['precision']:.1%}, among its token's top guesses {m['top_m']:.1%} "

@@ -93,3 +93,21 @@ def test_word_tiles_print_the_labelled_answer_and_a_canvas_shrinks_it(probe):
     head = probe.WordHead(8)
     hidden = torch.zeros(2, 1 + 64, 8)
     assert head(hidden).shape == (2, len(probe.ANSWERS))
+
+
+def test_word_accuracy_scores_a_perfect_reader_fully_and_a_constant_one_by_its_share(probe):
+    labels = torch.tensor([0, 3, 3, 7])
+
+    class Head(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, hidden):
+            return self.logits[: len(hidden)]
+
+    perfect = torch.nn.functional.one_hot(labels, len(probe.ANSWERS)).float()
+    pixels = torch.zeros(4, 3, 4, 4)
+    assert probe.word_accuracy(_Passthrough(), Head(perfect), pixels, labels) == 1.0
+    always_three = torch.nn.functional.one_hot(torch.full((4,), 3), len(probe.ANSWERS)).float()
+    assert probe.word_accuracy(_Passthrough(), Head(always_three), pixels, labels) == 0.5
