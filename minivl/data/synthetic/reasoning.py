@@ -103,7 +103,7 @@ def reasoning_drills(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
     brings those skills; pass these drills to :func:`minivl.train.warmstart.warm_start_llm`
     with the suite's conversations to give them to a small warm-started one. Chapter 15
     measures what they buy with :func:`minivl.eval.chain_probe.chain_step_probe`: at cpu scale
-    (6000 drills, 450 steps) the arithmetic (6 -> 89-91 %), not the lookup (8 -> 25 %, chance).
+    (6000 drills, 450 steps) the arithmetic (6 -> 88.5-90.5 % on two machines), not the lookup (8 -> 25 %, chance).
     Scenes come from their own seed, never from the suite. Explained in chapter 15
     (notebooks/15_evaluation_and_test_time_scaling.ipynb).
     """
