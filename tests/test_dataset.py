@@ -146,3 +146,39 @@ def test_mixture_locates_and_weights(suite):
         mix.locate(len(mix))
     with pytest.raises(KeyError, match="no data set named \\['nope'\\]"):
         build_datasets(result["meta"]["train"], tok, config(), names=["nope"])
+
+
+def test_the_token_cache_gives_the_same_samples_and_its_own_copies(suite, tmp_path):
+    from minivl.data.dataset import build_datasets
+
+    result, tok = suite
+    meta = result["meta"]["train"]
+    plain = build_datasets(meta, tok, config(), seed=3)
+    cached = build_datasets(meta, tok, config(token_cache_size=1000), seed=3)
+    for epoch in (0, 1, 0):  # video frames are drawn anew each epoch: keys carry the frame count
+        for a, b in zip(plain, cached):
+            a.set_epoch(epoch)
+            b.set_epoch(epoch)
+            for i in range(len(a)):
+                x, y = a[i], b[i]
+                assert (x is None) == (y is None)
+                if x is not None:
+                    for key in ("input_ids", "labels", "attention_mask", "pixel_values"):
+                        assert torch.equal(x[key], y[key]), (a.meta.name, i, key)
+    assert sum(len(d._token_cache) for d in cached) > 0 and all(not d._token_cache for d in plain)
+    assert [d.skips for d in cached] == [d.skips for d in plain]
+    # a sample is its own: writing to it leaves the cache, and the next sample, untouched
+    ds = next(d for d in cached if d.meta.name == "shape_qa")
+    first = ds[0]
+    first["labels"].fill_(-5)
+    assert not torch.equal(ds[0]["labels"], first["labels"])
+    # the bound: at most token_cache_size samples per data set
+    small = build_datasets(meta, tok, config(token_cache_size=2), seed=3, names=["shape_qa"])[0]
+    for i in range(len(small)):
+        small[i]
+    assert len(small._token_cache) == 2
+    # a sample too long is refused, and counted, every time it is drawn
+    conv = [{"from": "human", "value": "What colour? " * 400}, {"from": "gpt", "value": "red"}]
+    long = SupervisedDataset(_meta(tmp_path, [{"id": 0, "conversations": conv}], name="long"), tok,
+                             config(max_length=512, token_cache_size=10), train=False)
+    assert long[0] is None and long[0] is None and long.skips["too_long"] == 2 and not long._token_cache

@@ -269,6 +269,11 @@ def heldout_task_losses(model: nn.Module, tokenizer: Any, meta: str | Path, task
 # Training a stage variant on the workspace's packed rows
 # ----------------------------------------------------------------------------------------
 
+# a workspace's suite is generated at smoke or cpu scale (at most a few thousand records a data
+# set): every sample's token ids fit in memory, so each is tokenized once (DataConfig)
+_TOKEN_CACHE_SIZE = 100_000
+
+
 def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square",
                        names: Sequence[str] | None = None):
     """``make_loader(epoch)`` over packed rows of the workspace's training mixture (or of the
@@ -286,7 +291,7 @@ def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"
     r, tok = ws.recipe, ws.tokenizer
     data_cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
                           max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
-                          min_num_frame=4, max_num_frame=8)
+                          min_num_frame=4, max_num_frame=8, token_cache_size=_TOKEN_CACHE_SIZE)
     datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed, names=names)
     packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
                            seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
