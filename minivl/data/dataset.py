@@ -66,8 +66,8 @@ class DataConfig:
     ``token_cache_size`` keeps the token ids and labels of up to that many samples per data set
     (0: none). They depend only on the record and its tiles per image (and frames), so a cached
     sample is identical to a rebuilt one. At cpu scale, where the whole suite fits in a few MB,
-    it takes a fifth off a packed batch's data time once every record has been seen
-    (``benchmarks/token_cache.py``: 40.0 -> 31.6 ms). Off by default: a large corpus would fill
+    it takes a fifth off a packed batch's data time from the second epoch on
+    (``benchmarks/token_cache.py``: 36.1 -> 28.7 ms). Off by default: a large corpus would fill
     memory (in every loader worker).
     """
 

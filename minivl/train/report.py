@@ -275,12 +275,13 @@ _TOKEN_CACHE_SIZE = 100_000
 
 
 def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square",
-                       names: Sequence[str] | None = None):
+                       names: Sequence[str] | None = None, token_cache_size: int = _TOKEN_CACHE_SIZE):
     """``make_loader(epoch)`` over packed rows of the workspace's training mixture (or of the
     data sets ``names`` only): rows of ``ws.recipe.max_packed_tokens`` tokens, at most
     ``ws.recipe.num_images_expected`` tiles, InternVL's per-sample loss weights. This is the
     data path of :func:`minivl.quickstart.train_stage`.
 
+    ``token_cache_size`` is :class:`~minivl.data.dataset.DataConfig`'s (0: tokenize every draw).
     ``ws`` is a :class:`minivl.quickstart.Workspace`. Explained in chapter 10
     (notebooks/10_stage1_mlp_warmup.ipynb).
     """
@@ -291,7 +292,7 @@ def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"
     r, tok = ws.recipe, ws.tokenizer
     data_cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
                           max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
-                          min_num_frame=4, max_num_frame=8, token_cache_size=_TOKEN_CACHE_SIZE)
+                          min_num_frame=4, max_num_frame=8, token_cache_size=token_cache_size)
     datasets = build_datasets(ws.train_meta, tok, data_cfg, seed=r.seed, names=names)
     packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
                            seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
