@@ -97,8 +97,8 @@ def test_trainable_rows_per_stage(suite):
 def test_lr_curve_matches_the_trainer_schedule_and_hand_values():
     stage = get_stage("stage2", "tiny", lr=1.0, warmup_steps=4, max_steps=10)
     curve = lr_curve(stage)
-    # warm-up (s + 1) / 4, then 0.5 (1 + cos(pi (s - 4) / 6))
-    expected = [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    # warm-up s / 4, then 0.5 (1 + cos(pi (s - 4) / 6))
+    expected = [0.0, 0.25, 0.5, 0.75] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
     assert curve == pytest.approx(expected, abs=1e-12)
     # the trainer's LambdaLR gives the same lr at each optimizer step
     p = torch.nn.Parameter(torch.zeros(1))

@@ -6,9 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from minivl.train.stages import LoraSpec, RunConfig, StageConfig, get_stage
-from minivl.train.trainer import cosine_with_warmup
+from minivl.train.trainer import build_scheduler, cosine_with_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,9 +75,41 @@ def test_bad_configs(tmp_path):
 
 
 def test_cosine_with_warmup_by_hand():
-    # warm-up 4 of 10 steps: (s+1)/4 for s < 4, then 0.5 * (1 + cos(pi * (s - 4) / 6))
-    assert [cosine_with_warmup(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # warm-up 4 of 10 steps: s/4 for s < 4 (the first step at lr 0), then 0.5 * (1 + cos(pi * (s - 4) / 6))
+    assert [cosine_with_warmup(s, 4, 10) for s in range(4)] == [0.0, 0.25, 0.5, 0.75]
     assert cosine_with_warmup(4, 4, 10) == 1.0
     assert math.isclose(cosine_with_warmup(7, 4, 10), 0.5)
     assert math.isclose(cosine_with_warmup(10, 4, 10), 0.0, abs_tol=1e-12)
     assert math.isclose(cosine_with_warmup(7, 4, 10, min_ratio=0.1), 0.55)
+    assert cosine_with_warmup(0, 0, 10) == 1.0  # no warm-up: the cosine starts at once
+    assert cosine_with_warmup(15, 4, 10, min_ratio=0.1) == 0.1  # past the end it stays at the floor
+
+
+@pytest.mark.parametrize("warmup_steps, warmup_ratio, max_steps, min_ratio",
+                         [(100, 0.0, 1000, 0.0), (0, 0.03, 350, 0.0), (0, 0.03, 22000, 0.0), (0, 0.05, 7000, 0.0),
+                          (7, 0.0, 50, 0.1), (0, 0.0, 20, 0.0)])
+def test_schedule_is_hf_cosine_schedule(warmup_steps, warmup_ratio, max_steps, min_ratio):
+    """InternVL trains with HF's cosine schedule: same warm-up length (ceil of ratio * steps) and
+    the very same lr at every optimizer step, the first one (lr 0) included."""
+    from transformers import TrainingArguments, get_cosine_with_min_lr_schedule_with_warmup
+
+    stage = get_stage("stage2", "1b", lr=4e-5, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
+                      max_steps=max_steps, min_lr_ratio=min_ratio)
+    hf_warmup = TrainingArguments(output_dir="unused", warmup_steps=warmup_steps or warmup_ratio,
+                                  report_to=[]).get_warmup_steps(max_steps)
+    assert stage.num_warmup_steps == hf_warmup
+
+    def lrs(make) -> list[float]:
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=stage.lr)
+        sched, seen = make(opt), []
+        for _ in range(max_steps):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return seen
+
+    ours = lrs(lambda opt: build_scheduler(opt, stage))
+    theirs = lrs(lambda opt: get_cosine_with_min_lr_schedule_with_warmup(opt, hf_warmup, max_steps,
+                                                                         min_lr_rate=min_ratio))
+    assert ours == theirs
+    assert ours[0] == (0.0 if hf_warmup else stage.lr)

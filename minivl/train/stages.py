@@ -21,6 +21,7 @@ notebooks/11_stage1_5_vit_incremental.ipynb, notebooks/12_stage2_instruction_tun
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ class StageConfig:
 
     @property
     def num_warmup_steps(self) -> int:
-        return self.warmup_steps if self.warmup_steps else round(self.warmup_ratio * self.max_steps)
+        """``warmup_steps``, else ``ceil(max_steps * warmup_ratio)`` (HF's ``get_warmup_steps``)."""
+        return self.warmup_steps if self.warmup_steps else math.ceil(self.max_steps * self.warmup_ratio)
 
     def replace(self, **changes: Any) -> StageConfig:
         """A copy with some fields changed (e.g. ``cfg.replace(max_steps=3)``)."""

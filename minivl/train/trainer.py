@@ -144,9 +144,17 @@ def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimiz
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier: linear warm-up to 1, then cosine down to ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+    """Learning-rate multiplier of optimizer step ``step + 1``: linear warm-up from 0 to 1, then
+    cosine down to ``min_ratio``.
+
+    The same numbers as HF's ``cosine`` schedule, which InternVL's training scripts use
+    (``get_cosine_schedule_with_warmup``, and ``get_cosine_with_min_lr_schedule_with_warmup``
+    for ``min_ratio > 0``): ``step / warmup`` while warming up, so the very first step runs at
+    lr 0 (it only fills AdamW's moments), as it does in InternVL's runs. Past ``total`` the
+    multiplier stays at ``min_ratio`` (HF's would climb back up the cosine).
+    """
+    if step < warmup:
+        return step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
