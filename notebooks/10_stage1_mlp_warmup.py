@@ -383,8 +383,8 @@ print("majority answer: " + ", ".join(f"{t} {v:.1%}" for t, v in baseline.items(
 # %% [markdown]
 # The quickstart recipe gives stage 1 a couple of hundred steps at 2e-3; we give it 400. A
 # checkpoint of the result is kept in the chapter cache for chapters 11 and 12 (and reused,
-# with its log, when it is already there). On 2 idle cores the 400 steps took about 20 s
-# (0.05 s per packed row).
+# with its log, when it is already there). On 2 idle cores the 400 steps took 20 to 40 s
+# (0.05 to 0.10 s per packed row, depending on the machine).
 
 # %%
 import time
@@ -420,13 +420,17 @@ for name, row in losses.items():
 
 # %% [markdown]
 # What the numbers say (cpu scale, the committed run): stage 1 lowers the held-out answer
-# loss most on shape_qa (1.14 to 0.72) and a little on chart (1.49 to 1.42), and shape_qa
-# accuracy goes from 16.0 % to 21.2 %. Blanking the images undoes little of that gain (blank -
-# real +0.04 on shape_qa): what the projector taught the frozen LLM is mostly the answers'
-# distribution for each kind of question, not how to look. The mean score does not move
-# (17.1 % before, 16.4 % after: within the noise of 40-80 questions a task). The one task
-# where the images clearly lower the loss after stage 1 is small_text (by 0.45), not enough
-# to read one word more (1.7 %, one of 60). The LLM is
+# loss a little on every task (shape_qa 0.757 to 0.727, small_text 1.97 to 1.91,
+# multi_image 0.50 to 0.48), and shape_qa accuracy hardly moves (24.0 % to 24.5 %). The
+# blank-image test says what changed. Before stage 1, blank tiles cost +0.22 on shape_qa:
+# through the random projector a blank tile becomes tokens that throw the frozen LLM off more
+# than a real image's do. After it they cost +0.02: the loss with blank tiles fell by 0.23 and
+# the loss with the real images by 0.03. What the projector taught the frozen LLM is to be
+# undisturbed by image tokens and the answers' distribution for each kind of question, not how
+# to look. The mean score rises from 15.5 % to 19.1 %, most of it on video (30.0 % to
+# 50.0 %: eight of 40 questions, about two standard errors, on a task whose answers are few:
+# a direction, a number of times). The one task where the images clearly lower the loss
+# after stage 1 is small_text (by 0.72), not enough to read one word (0 of 60). The LLM is
 # frozen, and a 2-layer LLM that never saw an image token cannot learn to *read* new
 # embeddings through a projector alone: stage 1 aligns, it does not teach. Looking is learnt
 # in stage 2 (chapter 12), and only if the ViT's features already say what is where, which
@@ -473,9 +477,9 @@ for label, row in vit_rows.items():
 # %% [markdown]
 # What the numbers say (cpu scale, the committed run, one seed each): from the random ViT,
 # 1000 steps of stage 2 leave shape_qa at 24.2 %, and blanking the images changes its
-# held-out answer loss by +0.001: the model answers from the question alone, the plateau.
-# From the warm-started ViT, the same 1000 steps reach 48.8 %, with a lower answer loss
-# (0.54 against 0.71), and blanking the images now costs +0.49: the model looks. The warm
+# held-out answer loss by -0.001: the model answers from the question alone, the plateau.
+# From the warm-started ViT, the same 1000 steps reach 41.2 %, with a lower answer loss
+# (0.60 against 0.71), and blanking the images now costs +0.42: the model looks. The warm
 # start took 1800 steps of batch 64 (about a minute) and never saw a suite image. This is
 # why minivl warm-starts the ViT as it warm-starts the LLM, and why the quickstart trains
 # the ViT at a tenth of the LLM's learning rate in stages 1.5 and 2 (at the same rate, the
@@ -501,7 +505,7 @@ if SCALE != "smoke":
 #   stopped-and-resumed curve equals the uninterrupted one.
 # - At cpu scale stage 1 lowers the held-out loss where the answer format was new but does
 #   not teach the tiny model to look. With a random ViT even stage 2 does not (images ignored,
-#   24 % on shape_qa); with the warm-started ViT the same run reaches 49 % and depends on its
+#   24 % on shape_qa); with the warm-started ViT the same run reaches 41 % and depends on its
 #   images, which is why InternVL starts from a pretrained InternViT and minivl from a
 #   warm-started one.
 #
