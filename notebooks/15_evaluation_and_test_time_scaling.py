@@ -388,8 +388,9 @@ print(format_grouped(counted, [("all", "every shape"), ("colour", "shapes of a n
 # So the quickstart's ViT warm start now asks for such tokens: a second head classifies each
 # 2 x 2 block of patches that becomes one LLM token (chapter 10), and it learns at twice the
 # rate. A linear probe (`minivl.vision.warmstart.token_probe`) then reads the kind from a
-# token 91 % of the time instead of 66 %. In the quickstart (seed 0) position questions rose from 25 % to 39 % and
-# shape_qa from 55 % to 59 % (in the stage-2 probe, 1500 steps, seeds 0 / 1 / 2: shape_qa
+# token 91 % of the time instead of 66 % (86 % for the warm start of this chapter's run).
+# In the quickstart (seed 0) position questions rose from 25 % to 39 % and shape_qa from
+# 55 % to 59 % (in the stage-2 probe, 1500 steps, seeds 0 / 1 / 2: shape_qa
 # 60 / 61 / 64 % against 52-55 % before), but colour (67 %) and count (68 %) did not move:
 # one token in eleven misread is still far from the near-faultless tokens the oracle runs ask for.
 # Four times the steps again say where the limit is (`--steps 6000`, seed 0, with the
@@ -427,9 +428,9 @@ print("share of the shape tokens' spread between kinds {kind:.1%}, between colou
       "between classes {class:.1%}".format(**share))
 
 # %% [markdown]
-# At `cpu` scale a fifth of what a token on a shape carries is its class: kind 4.2 %, colour
-# 13.0 %, class 17.8 %. Stage 2 has made kind fainter, not plainer: the warm start alone
-# gives 7.7, 10.0 and 18.1 % (a ViT warm-started on 84 px tiles, where a token is a cell:
+# At `cpu` scale less than a fifth of what a token on a shape carries is its class: kind
+# 4.2 %, colour 13.0 %, class 17.8 %. Stage 2 has made kind fainter, not plainer: the warm start alone
+# gives 6.4, 11.8 and 18.8 % (a ViT warm-started on 84 px tiles, where a token is a cell:
 # 21, 19 and 41 %). Is that faintness what stops the LLM? Two probes say no, and a third
 # asks the question again for tokens that stage 2 cannot change (6000 steps of stage 2 on
 # `shape_qa`, seed 0 unless said, about 7 minutes each):
