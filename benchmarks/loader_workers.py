@@ -2,9 +2,10 @@
 
 The quickstart's stage 2 on its packed rows (the workspace of ``minivl quickstart``, built if
 missing): each setting trains a fresh copy of the same model for ``--steps`` optimizer steps
-(the first ``--warmup`` untimed) from :func:`minivl.train.trainer.packed_loader`, loading
-included, and the settings take turns over ``--rounds`` rounds. It prints the median seconds
-per step and the ratio to ``num_workers=0`` measured in the same process. With one worker the
+(the first ``--warmup`` untimed) from the quickstart's own loader
+(:func:`minivl.train.report.packed_make_loader`), loading included, and the settings take
+turns over ``--rounds`` rounds. It prints the median seconds per step and the ratio to
+``num_workers=0`` measured in the same process. With one worker the
 rows are the very rows of ``num_workers=0`` (the losses are printed to show it); with two,
 each worker packs its own shard, as in InternVL.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import itertools
 import statistics
@@ -32,17 +32,15 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minivl.data.dataset import DataConfig, build_datasets
-    from minivl.data.packing import PackedDataset, packed_collate_fn
     from minivl.quickstart import build_model, prepare
     from minivl.scale import get_scale
+    from minivl.train.report import packed_make_loader
     from minivl.train.stages import get_stage
     from minivl.train.trainer import (
         _NON_MODEL_KEYS,
         apply_stage_freezing,
         build_optimizer,
         global_loss_denominator,
-        packed_loader,
     )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.redirect_stdout(io.StringIO()):
         ws = prepare(args.out, get_scale(), progress=False)
-    r, tok = ws.recipe, ws.tokenizer
+    r = ws.recipe
     stage = get_stage("stage2", "tiny", lr=1e-3, seed=r.seed, max_packed_tokens=r.max_packed_tokens,
                       num_images_expected=r.num_images_expected, vision_lr_scale=r.vision_lr_scale)
 
@@ -66,15 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_stage_freezing(model, stage)
         optimizer = build_optimizer(model, stage)
         model.train()
-        cfg = DataConfig(image_size=model.config.vision.image_size, num_image_token=model.num_image_token,
-                         max_dynamic_patch=r.max_dynamic_patch, max_length=r.max_packed_tokens,
-                         min_num_frame=4, max_num_frame=8)
-        packed = PackedDataset(build_datasets(ws.train_meta, tok, cfg, seed=r.seed),
-                               max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
-                               seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
-                               img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
-        loader = packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction=stage.loss_reduction),
-                               num_workers=workers)
+        loader = packed_make_loader(ws, model, stage.loss_reduction, num_workers=workers)
         batches = loader(0)
         losses, start = [], 0.0
         for step, batch in enumerate(itertools.islice(batches, args.warmup + args.steps)):

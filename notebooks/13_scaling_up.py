@@ -172,8 +172,8 @@ assert OFFICIAL_RUNS["8b"]["gpus"] * get_stage("stage1_5", "8b").grad_accum == 1
 # tiling and JPEG-augmenting 448 px tiles keeps up with the GPU. Each worker packs its own
 # shard of every data set, as in InternVL, and the samples it skips are still counted in
 # the training process. The `tiny` presets use 0: on a 2-core CPU a worker only takes a core
-# from the model (`benchmarks/loader_workers.py`: a stage-2 step of the quickstart took 140 ms
-# without a worker and 154 ms with one, on the same rows).
+# from the model (`benchmarks/loader_workers.py`: a stage-2 step of the quickstart took 145 ms
+# without a worker and 158 ms with one, on the same rows).
 #
 # ## The planner
 #

@@ -165,3 +165,18 @@ def test_evaluate_suite_passes_group_by_through(tmp_path):
                             details=True, group_by=lambda record: "every record")
     assert list(scores["tasks"]["shape_qa"].by_group) == ["every record"]
     assert scores["tasks"]["shape_qa"].by_group["every record"][1] == scores["tasks"]["shape_qa"].n > 0
+
+
+def test_packed_make_loader_with_a_worker_gives_the_same_rows(tmp_path):
+    import torch
+
+    from minivl.quickstart import build_model, prepare
+    from minivl.train.report import packed_make_loader
+
+    ws = prepare(tmp_path / "ws", scale="smoke", progress=False)
+    model = build_model(ws)
+    rows = [list(packed_make_loader(ws, model, num_workers=workers)(1)) for workers in (0, 1)]
+    assert len(rows[0]) == len(rows[1]) > 0
+    for a, b in zip(*rows):
+        for key in ("input_ids", "labels", "pixel_values", "loss_weight", "cu_seqlens"):
+            assert torch.equal(a[key], b[key]), key

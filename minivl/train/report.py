@@ -275,13 +275,16 @@ _TOKEN_CACHE_SIZE = 100_000
 
 
 def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square",
-                       names: Sequence[str] | None = None, token_cache_size: int = _TOKEN_CACHE_SIZE):
+                       names: Sequence[str] | None = None, token_cache_size: int = _TOKEN_CACHE_SIZE,
+                       num_workers: int = 0):
     """``make_loader(epoch)`` over packed rows of the workspace's training mixture (or of the
     data sets ``names`` only): rows of ``ws.recipe.max_packed_tokens`` tokens, at most
     ``ws.recipe.num_images_expected`` tiles, InternVL's per-sample loss weights. This is the
     data path of :func:`minivl.quickstart.train_stage`.
 
-    ``token_cache_size`` is :class:`~minivl.data.dataset.DataConfig`'s (0: tokenize every draw).
+    ``token_cache_size`` is :class:`~minivl.data.dataset.DataConfig`'s (0: tokenize every draw);
+    ``num_workers`` DataLoader processes pack the rows ahead (see
+    :func:`~minivl.train.trainer.packed_loader`; one worker gives the very rows of none).
     ``ws`` is a :class:`minivl.quickstart.Workspace`. Explained in chapter 10
     (notebooks/10_stage1_mlp_warmup.ipynb).
     """
@@ -297,7 +300,8 @@ def packed_make_loader(ws: Any, model: nn.Module, loss_reduction: str = "square"
     packed = PackedDataset(datasets, max_packed_tokens=r.max_packed_tokens, num_images_expected=r.num_images_expected,
                            seed=r.seed, img_start_token_id=tok.convert_tokens_to_ids("<img>"),
                            img_end_token_id=tok.convert_tokens_to_ids("</img>"), pad_token_id=tok.pad_token_id)
-    return packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction=loss_reduction))
+    return packed_loader(packed, functools.partial(packed_collate_fn, loss_reduction=loss_reduction),
+                         num_workers=num_workers)
 
 
 def train_packed(ws: Any, model: nn.Module, stage: StageConfig, output_dir: str | Path | None = None,
