@@ -451,8 +451,9 @@ else:
 #   in backward.
 #
 # The loop itself does not change: `minivl.train.trainer.train` wraps model and optimizer with
-# `accelerator.prepare`. The square-averaged loss stays exact across ranks because its
-# denominator is all-reduced (chapter 9).
+# `accelerator.prepare`. The weighted loss (square-averaged in the packed stages, a token mean
+# in the unpacked fine-tuning recipes) stays exact across ranks because its denominator is
+# all-reduced (chapter 9).
 #
 # ## A Colab recipe: InternVL2.5-1B with LoRA on a real data set
 #
@@ -585,7 +586,8 @@ assert result["steps"] == run.stage.max_steps == len(history)
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3))
 ax.plot([r["step"] for r in history], [r["loss"] for r in history], marker="o", ms=3)
-ax.set(xlabel="optimizer step", ylabel="loss (square-averaged)", title=f"LoRA fine-tuning ({scale} scale)")
+ax.set(xlabel="optimizer step", ylabel=f"loss ({run.stage.loss_reduction} average)",
+       title=f"LoRA fine-tuning ({scale} scale)")
 plt.tight_layout()
 plt.show()
 

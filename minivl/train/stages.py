@@ -204,12 +204,19 @@ def stage2(size: str = "1b") -> StageConfig:
 
 
 def finetune_full(size: str = "1b") -> StageConfig:
-    """The official full fine-tuning recipe: projector + LLM, ViT frozen, not packed, 6 tiles."""
+    """The official full fine-tuning recipe: projector + LLM, ViT frozen, not packed, 6 tiles.
+
+    Not packed, so no loss reweighting: the scripts pass no ``--loss_reduction`` and InternVL's
+    unpacked path is a plain cross-entropy, the mean over supervised tokens
+    (``loss_reduction="token"``). minivl takes that mean over all the tokens of an optimizer
+    step (its denominator spans the accumulated micro-batches and the ranks); the HF Trainer
+    that InternVL pins averages each micro-batch's own mean, which differs when micro-batches
+    hold different numbers of supervised tokens."""
     size = _check_size(size)
     cfg = StageConfig(name="finetune_full", train_vision=False, train_projector=True, train_llm=True, lr=4e-5,
                       weight_decay=_WEIGHT_DECAY[size], warmup_ratio=0.03, max_steps=1000, drop_path_rate=0.1,
-                      packing=False, max_dynamic_patch=6, max_seq_length=8192, batch_size=4, grad_accum=4,
-                      num_workers=4)
+                      loss_reduction="token", packing=False, max_dynamic_patch=6, max_seq_length=8192,
+                      batch_size=4, grad_accum=4, num_workers=4)
     if size == "tiny":
         cfg = cfg.replace(lr=1e-3, max_steps=200, **{**_TINY, "max_dynamic_patch": 6})
         cfg = cfg.replace(packing=False, batch_size=8)
