@@ -96,7 +96,14 @@ assert rows[0]["trains"] == "ViT + mlp1 + LLM" and rows[3]["trains"] == "LoRA r1
 # %% [markdown]
 # `finetune_full` and `finetune_lora` are the official recipes for *users* fine-tuning a
 # released InternVL2.5 on their own data (`shell/internvl2.5/2nd_finetune/`): the ViT stays
-# frozen there, and LoRA goes on the LLM only.
+# frozen there, and LoRA goes on the LLM only. Their batches are not packed, so they take
+# two more settings from those scripts. The loss is a plain token mean (`loss_reduction`
+# `"token"`): square averaging belongs to packed rows. And `group_by_length` orders the
+# samples as InternVL's `--group_by_length` does: each optimizer step still draws its
+# samples at random, then sorts them by estimated length
+# (`MixtureDataset.length_estimates`) and deals them so that every GPU and every
+# accumulation step gets a similar total length (`internvl_length_grouped_order` in
+# `minivl.data.packing`), so that no GPU waits for another holding all the long samples.
 #
 # ## The starting point: the stage-1.5 model
 #

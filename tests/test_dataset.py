@@ -182,3 +182,23 @@ def test_the_token_cache_gives_the_same_samples_and_its_own_copies(suite, tmp_pa
     long = SupervisedDataset(_meta(tmp_path, [{"id": 0, "conversations": conv}], name="long"), tok,
                              config(max_length=512, token_cache_size=10), train=False)
     assert long[0] is None and long[0] is None and long.skips["too_long"] == 2 and not long._token_cache
+
+
+def test_length_estimates_follow_internvl_group_by_length(suite, tmp_path):
+    """A record's own ``length`` wins; otherwise the token count of its joined turns, cached by
+    character length with the image allowance added for later records of that length."""
+    _, tok = suite
+    turns = [("How many circles?", "2"), ("How many squares?", "3"), ("What colour is it?", "red")]
+    records = [parse_record({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+               for q, a in turns]
+    records.append(parse_record({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
+                                 "length": 77}))
+    meta = DatasetMeta(name="t", root=str(tmp_path), annotation=str(tmp_path / "t.jsonl"), max_dynamic_patch=3,
+                       base_dir=tmp_path)
+    data = SupervisedDataset(meta, tok, config(), records=records)
+    counts = [len(tok("\n".join(q_a))["input_ids"]) for q_a in turns]
+    allowance = N_TOK * (3 + 1)  # the entry's 3 tiles plus the thumbnail
+    assert len(turns[0][0] + turns[0][1]) == len(turns[1][0] + turns[1][1])  # same character length
+    assert data.length_estimates() == [counts[0], counts[0] + allowance, counts[2], 77]
+    mixture = MixtureDataset([data, data])
+    assert mixture.length_estimates() == data.length_estimates() * 2

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 
 from minivl.data.packing import (
     PackedDataset,
+    balance_by_length,
     cu_seqlens_from_data_index,
+    internvl_length_grouped_order,
     length_grouped_batches,
     packed_collate_fn,
     padded_collate_fn,
@@ -326,3 +328,32 @@ def test_samples_a_source_skips_are_counted_not_packed():
     seen = sorted(int(t) for p in packs for t in p["input_ids"].unique())
     assert seen == [1, 2]
     assert ds.skip_counts["source_skipped"] == 2
+
+
+def test_balance_by_length_by_hand():
+    # lengths 10, 9, 8, 3, 2, 1 (longest first) into 2 chunks of 3: each index goes to the
+    # chunk with the smaller total that is not full
+    assert balance_by_length(range(6), [10, 9, 8, 3, 2, 1], 2) == [[0, 3, 4], [1, 2, 5]]
+    assert balance_by_length(range(5), [5, 4, 3, 2, 1], 2) == [[0, 2, 4], [1, 3]]  # uneven: round robin
+    assert balance_by_length([4, 7], [0] * 8, 1) == [[4, 7]]
+    with pytest.raises(ValueError, match="num_chunks"):
+        balance_by_length([1], [1, 2], 0)
+
+
+def test_internvl_length_grouped_order():
+    lengths = [int(x) for x in torch.randint(1, 500, (103,), generator=torch.Generator().manual_seed(1))]
+    batch, chunks = 4, 3
+    order = internvl_length_grouped_order(lengths, batch, chunks, torch.Generator().manual_seed(7))
+    assert sorted(order) == list(range(len(lengths)))
+    perm = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(7)).tolist()
+    mega = batch * chunks
+    for start in range(0, len(lengths), mega):
+        group = order[start: start + mega]
+        assert set(group) == set(perm[start: start + mega])  # one optimizer step's random draw
+        if len(group) == mega:  # each micro-batch longest first
+            micro = [group[k: k + batch] for k in range(0, mega, batch)]
+            assert all([lengths[i] for i in m] == sorted((lengths[i] for i in m), reverse=True) for m in micro)
+            longest = sorted(group, key=lambda i: -lengths[i])[:chunks]
+            assert sorted(m[0] for m in micro) == sorted(longest)  # the longest ones are spread out
+            totals = [sum(lengths[i] for i in m) for m in micro]
+            assert max(totals) - min(totals) <= max(lengths[i] for i in group)  # balanced work

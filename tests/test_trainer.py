@@ -223,3 +223,31 @@ def test_presets_use_internvl_dataloader_workers():
     assert get_stage("stage1", "1b").num_workers == get_stage("stage2", "8b").num_workers == 8
     assert get_stage("finetune_full", "2b").num_workers == get_stage("finetune_lora", "1b").num_workers == 4
     assert all(get_stage(name, "tiny").num_workers == 0 for name in ("stage1", "stage2", "finetune_lora"))
+
+
+def test_map_loader_groups_by_length_across_ranks_and_accumulation(setup):
+    """InternVL's --group_by_length order: one process with a batch of 4, two ranks with 2 each,
+    and one process accumulating two micro-batches of 2 draw the same samples per step."""
+    data = setup["data"]
+    lengths = data.length_estimates()
+
+    def samples(make):  # each batch as the token counts of its samples
+        return [[int(x) for x in b["attention_mask"].sum(1)] for b in make(0)]
+
+    one = samples(map_loader(data, 4, setup["collate"], seed=2, rank=0, world_size=1, lengths=lengths))
+    ranks = [samples(map_loader(data, 2, setup["collate"], seed=2, rank=r, world_size=2, lengths=lengths))
+             for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == len(data) // 4
+    for whole, a, b in zip(one, *ranks):
+        assert sorted(whole) == sorted(a + b)  # the same samples, dealt to two ranks
+    plain = samples(map_loader(data, 4, setup["collate"], seed=2, rank=0, world_size=1))
+    assert one != plain  # the same draw as a plain shuffle, each batch longest first
+    # with accumulation the mega-batch spans the micro-batches of one optimizer step
+    acc = samples(map_loader(data, 2, setup["collate"], seed=2, rank=0, world_size=1, lengths=lengths, grad_accum=2))
+    for whole, a, b in zip(one, acc[0::2], acc[1::2]):
+        assert sorted(whole) == sorted(a + b)
+    with pytest.raises(ValueError, match="lengths"):
+        map_loader(data, 2, setup["collate"], lengths=lengths[:-1])
+    with pytest.raises(ValueError, match="group_by_length"):
+        get_stage("finetune_full", "tiny", packing=True)
+    assert get_stage("finetune_lora", "1b").group_by_length and not get_stage("stage2", "1b").group_by_length

@@ -221,6 +221,36 @@ class SupervisedDataset(Dataset):
             indices = get_frame_indices(min(cfg.max_num_frame, len(frames)), len(frames), sample="middle")
         return [frames[i] for i in indices]
 
+    def length_estimates(self) -> list[int]:
+        """Each record's length as InternVL's ``--group_by_length`` estimates it, without building
+        a sample: a record's own ``length`` field when it has one; otherwise the token count of
+        its turns joined by newlines (``"\n".join(values)``, special tokens as the tokenizer
+        adds them). InternVL caches those counts by the *character* length of the joined text
+        and stores, under that key, the count plus ``num_image_token * (max_dynamic_patch +
+        use_thumbnail)``: the first record of a character length gets its bare token count, and
+        every later record of the same character length gets the first one's count plus the
+        image allowance, images or not. minivl reproduces that, so that the groups are
+        InternVL's; the values only order records, they are never a sample's true length.
+
+        Explained in chapter 12 (notebooks/12_stage2_instruction_tuning.ipynb).
+        """
+        cfg = self.config
+        allowance = cfg.num_image_token * (self.max_num + int(cfg.use_thumbnail))
+        by_chars: dict[int, int] = {}
+        lengths = []
+        for record in self.records:
+            if "length" in record.extra:
+                lengths.append(int(record.extra["length"]))
+                continue
+            text = "\n".join(turn["value"] for turn in record.conversations)
+            if len(text) in by_chars:
+                lengths.append(by_chars[len(text)])
+            else:
+                n = len(self.tokenizer(text)["input_ids"])
+                by_chars[len(text)] = n + allowance
+                lengths.append(n)
+        return lengths
+
     def scan(self) -> Counter[str]:
         """Build every sample once and return the skip counts by reason (a data report)."""
         for i in range(len(self)):
@@ -286,6 +316,11 @@ class MixtureDataset(Dataset):
         for d in self.datasets:
             total.update(d.skips)
         return total
+
+    def length_estimates(self) -> list[int]:
+        """:meth:`SupervisedDataset.length_estimates` of every data set, end to end (the
+        indices of the mixture)."""
+        return [n for d in self.datasets for n in d.length_estimates()]
 
     def weights(self) -> list[float]:
         """Each data set's share of the mixture: its length (after repeats) over the total."""

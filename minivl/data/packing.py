@@ -570,3 +570,57 @@ def length_grouped_batches(
         group = sorted(order[start: start + mega], key=lambda i: -lengths[i])
         batches.extend(group[j: j + batch_size] for j in range(0, len(group), batch_size))
     return batches
+
+
+def balance_by_length(indices: Sequence[int], lengths: Sequence[float], num_chunks: int) -> list[list[int]]:
+    """Deal ``indices`` into ``num_chunks`` chunks of equal size and similar total length.
+
+    Each index, in the order given, goes to the chunk whose total length is smallest among
+    those not yet full (ties: the lowest chunk number). When the indices do not divide evenly,
+    they are dealt round robin instead (chunk ``c`` gets ``indices[c::num_chunks]``). This is
+    how the length-grouped sampler of InternVL's fine-tuning (LLaVA's) gives every rank and
+    every accumulation step a similar amount of work.
+
+    Explained in chapter 12 (notebooks/12_stage2_instruction_tuning.ipynb).
+    """
+    if num_chunks < 1:
+        raise ValueError(f"balance_by_length: num_chunks must be >= 1, got {num_chunks}")
+    indices = list(indices)
+    if len(indices) % num_chunks:
+        return [indices[c::num_chunks] for c in range(num_chunks)]
+    size = len(indices) // num_chunks
+    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
+    totals = [0.0] * num_chunks
+    for i in indices:
+        c = min(range(num_chunks), key=lambda k: (totals[k], k))
+        chunks[c].append(i)
+        totals[c] = float("inf") if len(chunks[c]) == size else totals[c] + lengths[i]
+    return chunks
+
+
+def internvl_length_grouped_order(lengths: Sequence[float], batch_size: int, num_chunks: int,
+                                  generator: torch.Generator | None = None) -> list[int]:
+    """The sample order of InternVL's ``--group_by_length`` (its fine-tuning scripts).
+
+    A random permutation (``torch.randperm`` with ``generator``) is cut into mega-batches of
+    ``batch_size * num_chunks`` indices; each is sorted by length, longest first, and dealt by
+    :func:`balance_by_length` into ``num_chunks`` batches of ``batch_size``; the batches are
+    concatenated. InternVL passes ``num_chunks = world_size * gradient_accumulation_steps``,
+    so one mega-batch is exactly one optimizer step over all ranks and micro-batches: the step
+    draws its samples at random, as a plain shuffle would, and deals them so that every rank
+    and micro-batch gets a similar total length (the longest ones spread out, each batch
+    longest first). With one rank and no accumulation it only sorts each batch. A permutation
+    of ``range(len(lengths))``.
+
+    Explained in chapter 12 (notebooks/12_stage2_instruction_tuning.ipynb).
+    """
+    if batch_size < 1:
+        raise ValueError(f"internvl_length_grouped_order: batch_size must be >= 1, got {batch_size}")
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    mega = batch_size * num_chunks
+    out: list[int] = []
+    for start in range(0, len(order), mega):
+        group = sorted(order[start: start + mega], key=lambda i: lengths[i], reverse=True)
+        for chunk in balance_by_length(group, lengths, num_chunks):
+            out.extend(chunk)
+    return out

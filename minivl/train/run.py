@@ -84,8 +84,10 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     else:
         collate = functools.partial(padded_collate_fn, pad_token_id=tok.pad_token_id,
                                     loss_reduction=stage.loss_reduction)
-        make_loader = map_loader(MixtureDataset(datasets), stage.batch_size, collate, seed=stage.seed,
-                                 num_workers=stage.num_workers)
+        mixture = MixtureDataset(datasets)
+        make_loader = map_loader(mixture, stage.batch_size, collate, seed=stage.seed, num_workers=stage.num_workers,
+                                 lengths=mixture.length_estimates() if stage.group_by_length else None,
+                                 grad_accum=stage.grad_accum)
     result = train(model, make_loader, stage, output_dir=run.output_dir, progress=progress)
     print(skip_report(datasets))
     final = Path(run.output_dir) / "final"

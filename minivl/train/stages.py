@@ -84,6 +84,10 @@ class StageConfig:
     max_dynamic_patch: int = 12
     max_seq_length: int = 16384
     packing: bool = True
+    # InternVL's --group_by_length (its unpacked fine-tuning scripts): each step's samples dealt to
+    # ranks and micro-batches by estimated length (MixtureDataset.length_estimates, map_loader);
+    # unpacked runs only
+    group_by_length: bool = False
     max_packed_tokens: int = 16384
     num_images_expected: int = 48
     max_buffer_size: int = 20
@@ -114,6 +118,9 @@ class StageConfig:
         if self.projector_lr_scale < 0:
             raise ValueError(f"projector_lr_scale must be >= 0, got {self.projector_lr_scale}")
         check_num_workers(self.num_workers)
+        if self.group_by_length and self.packing:
+            raise ValueError("group_by_length orders unpacked batches (packing=False); a packed stage packs by "
+                             "length already: set group_by_length=False with packing=True")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
 
@@ -215,8 +222,8 @@ def finetune_full(size: str = "1b") -> StageConfig:
     size = _check_size(size)
     cfg = StageConfig(name="finetune_full", train_vision=False, train_projector=True, train_llm=True, lr=4e-5,
                       weight_decay=_WEIGHT_DECAY[size], warmup_ratio=0.03, max_steps=1000, drop_path_rate=0.1,
-                      loss_reduction="token", packing=False, max_dynamic_patch=6, max_seq_length=8192,
-                      batch_size=4, grad_accum=4, num_workers=4)
+                      loss_reduction="token", packing=False, group_by_length=True, max_dynamic_patch=6,
+                      max_seq_length=8192, batch_size=4, grad_accum=4, num_workers=4)
     if size == "tiny":
         cfg = cfg.replace(lr=1e-3, max_steps=200, **{**_TINY, "max_dynamic_patch": 6})
         cfg = cfg.replace(packing=False, batch_size=8)

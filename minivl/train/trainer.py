@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from minivl.data.packing import internvl_length_grouped_order
 from minivl.train.loss import global_loss_denominator, token_loss_weights
 from minivl.train.stages import LORA_TARGETS, StageConfig, check_num_workers
 
@@ -409,10 +410,17 @@ def rewrite_log(output_dir: str | Path, history: list[dict]) -> None:
 
 def map_loader(dataset, batch_size: int, collate_fn: Callable, seed: int = 0, shuffle: bool = True,
                rank: int | None = None, world_size: int | None = None,
-               num_workers: int = 0) -> Callable[[int], Iterator[dict]]:
+               num_workers: int = 0, lengths: Sequence[float] | None = None,
+               grad_accum: int = 1) -> Callable[[int], Iterator[dict]]:
     """``make_loader(epoch)`` for a map-style data set: a seeded permutation per epoch, cut into
     global batches of ``batch_size * world_size``; rank r takes the r-th slice of each, so R
     processes see exactly the batches one process with an R times larger batch would.
+
+    With ``lengths`` (one per sample, e.g. ``MixtureDataset.length_estimates()``), the order is
+    InternVL's ``--group_by_length`` one instead of a plain permutation
+    (:func:`minivl.data.packing.internvl_length_grouped_order` with ``world_size * grad_accum``
+    chunks): each optimizer step's samples are drawn at random, then dealt so that every rank
+    and accumulation step gets a similar total length.
 
     Samples the data set skipped (``None``) are dropped from their batch; a batch with nothing
     left is skipped as a whole (both counted by the data set). With ``num_workers > 0``,
@@ -429,14 +437,23 @@ def map_loader(dataset, batch_size: int, collate_fn: Callable, seed: int = 0, sh
     if len(dataset) < global_batch:
         raise ValueError(f"the data set has {len(dataset)} samples, fewer than one global batch of {global_batch}")
     check_num_workers(num_workers)
+    if lengths is not None and len(lengths) != len(dataset):
+        raise ValueError(f"map_loader: {len(lengths)} lengths for a data set of {len(dataset)} samples")
+    if grad_accum < 1:
+        raise ValueError(f"map_loader: grad_accum must be >= 1, got {grad_accum}")
 
     collate_kept = functools.partial(_collate_kept, collate_fn)
 
     def make_loader(epoch: int) -> Iterator[dict]:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-                 if shuffle else list(range(len(dataset))))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        if not shuffle:
+            order = list(range(len(dataset)))
+        elif lengths is not None:
+            order = internvl_length_grouped_order(lengths, batch_size, world_size * grad_accum, generator)
+        else:
+            order = torch.randperm(len(dataset), generator=generator).tolist()
         batches = [order[start + rank * batch_size: start + (rank + 1) * batch_size]
                    for start in range(0, len(order) - global_batch + 1, global_batch)]
         if num_workers == 0:
