@@ -224,7 +224,7 @@ class SupervisedDataset(Dataset):
     def length_estimates(self) -> list[int]:
         """Each record's length as InternVL's ``--group_by_length`` estimates it, without building
         a sample: a record's own ``length`` field when it has one; otherwise the token count of
-        its turns joined by newlines (``"\n".join(values)``, special tokens as the tokenizer
+        its turns joined by newlines (``"\\n".join(values)``, special tokens as the tokenizer
         adds them). InternVL caches those counts by the *character* length of the joined text
         and stores, under that key, the count plus ``num_image_token * (max_dynamic_patch +
         use_thumbnail)``: the first record of a character length gets its bare token count, and

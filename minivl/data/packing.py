@@ -610,7 +610,8 @@ def internvl_length_grouped_order(lengths: Sequence[float], batch_size: int, num
     draws its samples at random, as a plain shuffle would, and deals them so that every rank
     and micro-batch gets a similar total length (the longest ones spread out, each batch
     longest first). With one rank and no accumulation it only sorts each batch. A permutation
-    of ``range(len(lengths))``.
+    of ``range(len(lengths))``. (:func:`length_grouped_batches` is the other kind of grouping:
+    larger mega-batches cut into batches of *similar* lengths, to pad less.)
 
     Explained in chapter 12 (notebooks/12_stage2_instruction_tuning.ipynb).
     """
