@@ -99,6 +99,11 @@ def supervised_positions_loss(
     return divide_by_weight((w[shifted] * ce).sum(), w[:, 1:], denominator)
 
 
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The model inside a PEFT wrapper (LoRA), or ``module`` itself."""
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
 @functools.cache
 def _takes_logits_to_keep(cls: type) -> bool:
     """Whether ``cls.forward`` has a ``logits_to_keep`` parameter (looked up once per class)."""
@@ -228,8 +233,7 @@ class MiniVL(nn.Module):
     def _llm_keeps_logits(self) -> bool:
         """Whether the LLM's forward takes transformers' ``logits_to_keep`` (every transformers
         causal LM of v4.50+ does; remote-code models may not)."""
-        lm = self.language_model
-        return _takes_logits_to_keep(type(lm.get_base_model() if hasattr(lm, "get_base_model") else lm))
+        return _takes_logits_to_keep(type(_unwrapped(self.language_model)))
 
     def forward(
         self,
@@ -519,7 +523,9 @@ class MiniVL(nn.Module):
 
         Explained in chapter 5 (notebooks/05_assembling_minivl.ipynb).
         """
-        self.vision_model.gradient_checkpointing = vision
+        # through a PEFT wrapper (ViT LoRA) to the InternViT itself: setting the flag on the
+        # wrapper would leave the ViT un-checkpointed
+        _unwrapped(self.vision_model).gradient_checkpointing = vision
         lm = self.language_model
         if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x names
             if llm:
@@ -539,7 +545,7 @@ class MiniVL(nn.Module):
     def is_gradient_checkpointing(self) -> dict[str, bool]:
         lm = self.language_model
         llm = lm.is_activation_checkpointing if hasattr(lm, "activation_checkpointing_enable") else lm.is_gradient_checkpointing
-        return {"vision": bool(self.vision_model.gradient_checkpointing), "llm": bool(llm)}
+        return {"vision": bool(_unwrapped(self.vision_model).gradient_checkpointing), "llm": bool(llm)}
 
     # ----- checkpoints -----------------------------------------------------------------------
     @classmethod

@@ -130,10 +130,16 @@ def test_lora_merge_keeps_logits(setup):
     assert torch.allclose(before, after, atol=1e-5)
 
 
-def test_lora_stage_trains_only_adapters(setup):
+@pytest.mark.parametrize("target,checkpointing", [("llm", False), ("llm", True), ("vision", True)])
+def test_lora_stage_trains_only_adapters(setup, target, checkpointing):
+    """Also under gradient checkpointing (the GPU presets' setting), where frozen inputs must
+    not cut the adapters' gradients."""
+    from minivl.train.stages import LoraSpec
+
     model = new_model(setup["tok"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stage = get_stage("finetune_lora", "tiny", max_steps=2, batch_size=4)
+    stage = get_stage("finetune_lora", "tiny", max_steps=2, batch_size=4, lora=LoraSpec(target=target),
+                      gradient_checkpointing=checkpointing)
     train(model, map_loader(setup["data"], 4, setup["collate"]), stage, progress=False)
     after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()}
     adapters = {k for k in after if "lora_" in k}
@@ -141,6 +147,11 @@ def test_lora_stage_trains_only_adapters(setup):
     for k, v in before.items():  # every original weight is untouched
         assert torch.equal(after[k], v), k
     assert any(not torch.allclose(after[k], torch.zeros_like(after[k])) for k in adapters if "lora_B" in k)
+    # the ViT's own layers are checkpointed, through PEFT's wrapper when its LoRA wraps the ViT
+    from minivl.vision.intern_vit import InternVisionEncoder
+
+    (encoder,) = [m for m in model.vision_model.modules() if isinstance(m, InternVisionEncoder)]
+    assert encoder.gradient_checkpointing == checkpointing
 
 
 def test_ddp_two_processes_equal_one(setup, tmp_path):
