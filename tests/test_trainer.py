@@ -242,8 +242,9 @@ def test_map_loader_groups_by_length_across_ranks_and_accumulation(setup):
     data = setup["data"]
     lengths = data.length_estimates()
 
-    def samples(make):  # each batch as the token counts of its samples
-        return [[int(x) for x in b["attention_mask"].sum(1)] for b in make(0)]
+    def samples(make):  # each batch as its samples' token ids (padding removed)
+        return [[tuple(ids[mask.bool()].tolist()) for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+                for b in make(0)]
 
     one = samples(map_loader(data, 4, setup["collate"], seed=2, rank=0, world_size=1, lengths=lengths))
     ranks = [samples(map_loader(data, 2, setup["collate"], seed=2, rank=r, world_size=2, lengths=lengths))
